@@ -1,0 +1,17 @@
+"""pysciml_grad: accurate, memory-efficient gradients through ODE solvers for PyTorch.
+
+    import pysciml_grad as psg
+    ys = psg.odeint(func, y0, t, method="dopri5", sensealg=psg.CheckpointAdjoint())
+
+Importing this package never imports juliacall; ``backend="julia"`` does, lazily.
+"""
+
+from . import errors
+from .problem import SolveStats
+from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public names)
+from .sensealg import __all__ as _sensealg_names
+from .solve import odeint
+
+__version__ = "0.1.0"
+
+__all__ = ["odeint", "errors", "SolveStats", *_sensealg_names]

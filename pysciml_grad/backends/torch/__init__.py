@@ -1,0 +1,27 @@
+"""The native PyTorch engine (CPU and CUDA): tableaux, steps, control, loops, adjoints."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ...errors import UnsupportedSensitivityError
+from ...problem import ODEProblem, SolveStats
+from .adjoints import IMPLEMENTATIONS
+from .forward import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
+
+
+def solve(problem: ODEProblem) -> Tuple[torch.Tensor, SolveStats]:
+    implementation = IMPLEMENTATIONS.get(type(problem.sensealg))
+    if implementation is None:
+        available = ", ".join(f"psg.{cls.__name__}()" for cls in IMPLEMENTATIONS)
+        raise UnsupportedSensitivityError(
+            f"{type(problem.sensealg).__name__} is not available on the torch engine; use one of "
+            f"{available}, or backend='julia' for SciMLSensitivity's methods"
+        )
+    stats = SolveStats()
+    return implementation(problem, stats), stats
+
+
+__all__ = ["solve", "METHODS", "FIXED_METHODS", "ADAPTIVE_METHODS"]

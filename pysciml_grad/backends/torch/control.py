@@ -1,0 +1,140 @@
+"""Adaptive step-size control: the PI controller, the automatic initial step, and the
+solver options that steer them.
+
+Everything here works on Python floats (fast path; step sizes are constants for the
+gradient) and on 0-d tensors (DirectAD, where the gradient also flows through the
+step-size search — the "naive" method of Zhuang et al. 2020).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ...errors import InvalidProblemError, UnknownOptionError
+from .stepping import RHS, rms_norm
+
+Scalar = Union[float, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """The ``options=`` of :func:`pysciml_grad.odeint` for the torch engine.
+
+    step_size      fixed-step methods: the step (rounded so that equal steps span
+                   [t0, t_end]); without it the save times ``t`` are the grid.
+    first_step     adaptive methods: the first trial step (else Hairer-Wanner's guess).
+    min_step       an accepted step below this raises StepSizeUnderflowError.
+    max_step       upper bound on |h|.
+    max_num_steps  guard against endless loops (accepted + rejected steps).
+    safety, ifactor, dfactor   PI controller: h_new = h * clip(safety * r^-a * r_prev^b, dfactor, ifactor).
+    return_stats   return ``(ys, stats)`` instead of ``ys``.
+    """
+
+    step_size: Optional[float] = None
+    first_step: Optional[float] = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+    max_num_steps: int = 100_000
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    return_stats: bool = False
+
+    @classmethod
+    def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
+        options = dict(options or {})
+        valid = sorted(cls.__dataclass_fields__)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise UnknownOptionError(
+                f"unknown option(s) {unknown} for the torch engine; valid options are {valid}"
+            )
+        opts = cls(**options)
+        opts._check()
+        return opts
+
+    def _check(self) -> None:
+        def positive(name: str, allow_none: bool = True) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidProblemError(f"options['{name}'] must be a positive number, got {value!r}")
+
+        positive("step_size")
+        positive("first_step")
+        positive("max_step", allow_none=False)
+        positive("safety", allow_none=False)
+        if not isinstance(self.min_step, (int, float)) or self.min_step < 0:
+            raise InvalidProblemError(f"options['min_step'] must be >= 0, got {self.min_step!r}")
+        if not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
+            raise InvalidProblemError(
+                f"options['max_num_steps'] must be a positive integer, got {self.max_num_steps!r}"
+            )
+        if not (0 < self.dfactor <= 1 <= self.ifactor):
+            raise InvalidProblemError(
+                f"need 0 < dfactor <= 1 <= ifactor, got dfactor={self.dfactor}, ifactor={self.ifactor}"
+            )
+
+
+def _clip(x: Scalar, lo: float, hi: float) -> Scalar:
+    if isinstance(x, torch.Tensor):
+        return x.clamp(lo, hi)
+    return min(max(x, lo), hi)
+
+
+@dataclass(frozen=True)
+class PIController:
+    """Proportional-integral step-size controller (Gustafsson; Hairer & Wanner II, IV.2).
+
+    h_{n+1} = h_n * clip(safety * r_n^(-alpha) * r_{n-1}^(beta), dfactor, ifactor)
+    with alpha = 0.7/q, beta = 0.4/q, q = 1 + order of the error estimate. After a
+    rejection the factor is capped at 1 so a rejected step never grows.
+    """
+
+    alpha: float
+    beta: float
+    safety: float
+    ifactor: float
+    dfactor: float
+
+    @classmethod
+    def for_method(cls, error_order: int, opts: SolverOptions) -> "PIController":
+        q = error_order + 1
+        return cls(0.7 / q, 0.4 / q, opts.safety, opts.ifactor, opts.dfactor)
+
+    def factor(self, ratio: Scalar, prev_ratio: Scalar, accepted: bool) -> Scalar:
+        ratio = _clip(ratio, 1e-10, math.inf)
+        raw = self.safety * ratio ** (-self.alpha) * prev_ratio**self.beta
+        return _clip(raw, self.dfactor, self.ifactor if accepted else 1.0)
+
+
+def initial_step(
+    rhs: RHS, t0: Scalar, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float, direction: float
+) -> torch.Tensor:
+    """Hairer, Norsett & Wanner I, II.4 "starting step size" (one extra RHS evaluation).
+
+    h0 = 0.01 ||y0|| / ||f0||; one explicit Euler step gives a second-derivative estimate
+    d2; h1 = (0.01 / max(||f0||, d2))^(1/(order+1)); return min(100 h0, h1) (signed).
+    Norms are RMS norms scaled by atol + rtol |y0|. Returns a 0-d tensor; with grad
+    enabled it carries a graph to y0 (DirectAD).
+    """
+    scale = atol + rtol * y0.abs()
+    d0 = rms_norm(y0 / scale)
+    d1 = rms_norm(f0 / scale)
+    tiny = torch.tensor(1e-5, dtype=d0.dtype, device=d0.device)
+    h0 = torch.where((d0 < tiny) | (d1 < tiny), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-30))
+    y1 = y0 + direction * h0 * f0
+    f1 = rhs(t0 + direction * h0, y1)
+    d2 = rms_norm((f1 - f0) / scale) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(
+        dmax <= 1e-15,
+        torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+        (0.01 / dmax.clamp(min=1e-30)) ** (1.0 / (order + 1)),
+    )
+    return direction * torch.minimum(100 * h0, h1)

@@ -1,0 +1,123 @@
+"""The forward solve of the torch engine: method lookup, option parsing, the first
+right-hand-side evaluation (which validates ``func``) and the choice of loop.
+
+Every sensealg starts here; they differ only in what is recorded and what graph is
+kept (see ``adjoints/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodError
+from ...problem import ODEProblem, SolveStats, check_rhs_output
+from .control import SolverOptions
+from .integrate import CountingRHS, Counters, Record, integrate_adaptive, integrate_fixed
+from .tableaus import TABLEAUS, ButcherTableau
+
+LEAPFROG = "leapfrog"
+FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", LEAPFROG)
+ADAPTIVE_METHODS = ("heun_euler", "bosh3", "dopri5", "tsit5")
+METHODS = FIXED_METHODS + ADAPTIVE_METHODS
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named method: a Butcher tableau, or leapfrog (``tableau is None``)."""
+
+    name: str
+    tableau: Optional[ButcherTableau]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.tableau is not None and self.tableau.adaptive
+
+    @property
+    def order(self) -> int:
+        return 2 if self.tableau is None else self.tableau.order
+
+
+def lookup_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UnknownMethodError(
+            f"unknown method {name!r} for the torch engine; fixed-step methods: {list(FIXED_METHODS)}, "
+            f"adaptive methods: {list(ADAPTIVE_METHODS)} (SciML names such as 'Tsit5' or 'Rodas5P' need backend='julia')"
+        )
+    return Method(name, None if name == LEAPFROG else TABLEAUS[name])
+
+
+def parse(problem: ODEProblem):
+    method = lookup_method(problem.method)
+    opts = SolverOptions.from_user(problem.options)
+    if not method.adaptive and opts.step_size is None and problem.t.numel() == 2:
+        # A single step over the whole interval is almost always a forgotten step_size.
+        raise MissingStepSizeError(
+            f"{method.name!r} is a fixed-step method and t holds only its two endpoints, so t cannot "
+            "serve as the grid: pass options={'step_size': h}, or give t the grid points"
+        )
+    if method.adaptive and opts.step_size is not None:
+        raise MissingStepSizeError(
+            f"options['step_size'] is for fixed-step methods, but {method.name!r} is adaptive; "
+            f"drop step_size (control accuracy with rtol/atol) or pick one of {list(FIXED_METHODS)}"
+        )
+    return method, opts
+
+
+def save_times(problem: ODEProblem, differentiable: bool) -> List[Union[float, torch.Tensor]]:
+    if differentiable and problem.t.requires_grad:
+        return list(problem.t.unbind(0))
+    return problem.t.detach().double().cpu().tolist()
+
+
+def forward_solve(
+    problem: ODEProblem,
+    method: Method,
+    opts: SolverOptions,
+    *,
+    differentiate_control: bool,
+    record: Record = None,
+    t_save: Optional[Sequence[Union[float, torch.Tensor]]] = None,
+    y0: Optional[torch.Tensor] = None,
+    stats: Optional[SolveStats] = None,
+) -> torch.Tensor:
+    """Integrate ``problem`` and return the stacked states at the save times.
+
+    Graph building follows the ambient ``torch.is_grad_enabled()``; with
+    ``differentiate_control`` step sizes and times stay tensors in that graph.
+    """
+    y0 = problem.y0 if y0 is None else y0
+    if t_save is None:
+        t_save = save_times(problem, differentiate_control)
+    rhs = CountingRHS(problem.func, y0.dtype, y0.device)
+    f0 = rhs(t_save[0], y0)
+    check_rhs_output(f0, y0, float(t_save[0]))
+    counters = Counters()
+    if method.adaptive:
+        ys = integrate_adaptive(
+            rhs, method.tableau, t_save, y0, f0, problem.rtol, problem.atol, opts,
+            differentiate_control, counters, record,
+        )
+    else:
+        ys = integrate_fixed(rhs, method.tableau, t_save, y0, f0, opts, counters, record)
+    out = torch.stack(ys)
+    if not method.adaptive:
+        check_finite_trajectory(out, [float(x) for x in t_save])
+    if stats is not None:
+        stats.nfe += rhs.nfe
+        stats.n_steps += counters.n_steps
+        stats.n_rejected += counters.n_rejected
+    return out
+
+
+def check_finite_trajectory(ys: torch.Tensor, ts: Sequence[float]) -> None:
+    finite = torch.isfinite(ys.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        k = int((~finite).nonzero()[0])
+        raise NonFiniteStateError(
+            f"the state became NaN/inf between t={ts[k - 1]:g} (last finite save point) and "
+            f"t={ts[k]:g}. The solution blows up or func produces NaN there: reduce step_size, "
+            "use an adaptive method (e.g. 'dopri5'), or check func and its parameters."
+        )

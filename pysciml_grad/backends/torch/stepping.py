@@ -1,0 +1,132 @@
+"""One step of a method: the generic explicit Runge-Kutta step, the leapfrog step,
+the mixed absolute/relative error norm and the dense-output evaluators.
+
+Times and step sizes may be Python floats (the fast path, and what CheckpointAdjoint
+replays: step sizes are constants) or 0-d tensors carrying a graph (DirectAD, which
+differentiates through the step-size controller and through ``t``). Every function
+here accepts both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .tableaus import ButcherTableau
+
+Scalar = Union[float, torch.Tensor]
+RHS = Callable[[Scalar, torch.Tensor], torch.Tensor]
+
+
+def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return ``y + h * sum_j coeffs[j] * ks[j]`` (zero coefficients skipped).
+
+    With a float ``h`` each term is one fused ``add`` (alpha = h * c_j) on a fresh
+    buffer, which is safe for autograd: ``add``'s backward needs neither operand.
+    """
+    terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
+    if not terms:
+        return y
+    if isinstance(h, torch.Tensor):
+        c0, k0 = terms[0]
+        acc = k0 * c0
+        for c, k in terms[1:]:
+            acc = acc.add_(k, alpha=c)
+        return torch.addcmul(y, acc, h)
+    c0, k0 = terms[0]
+    out = torch.add(y, k0, alpha=h * c0)
+    for c, k in terms[1:]:
+        out.add_(k, alpha=h * c)
+    return out
+
+
+def rk_step(
+    rhs: RHS,
+    tab: ButcherTableau,
+    t: Scalar,
+    y: torch.Tensor,
+    h: Scalar,
+    k0: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor]]:
+    """One explicit RK step from (t, y) with step h.
+
+    Returns ``(y_next, ks, err)`` where ``ks`` are the stage derivatives and ``err``
+    is the embedded local error estimate ``h * sum (b_i - b_hat_i) k_i`` (None for
+    fixed-step tables). ``k0`` = f(t, y) when the caller already has it (FSAL).
+    For an FSAL table the last stage is evaluated at y_next, so ``ks[-1]`` is
+    f(t + h, y_next) and ``y_next`` is that stage's input (no second combination).
+    """
+    ks = [rhs(t, y) if k0 is None else k0]
+    y_stage = y
+    for c_i, a_i in zip(tab.c[1:], tab.a):
+        y_stage = lincomb(y, h, a_i, ks)
+        ks.append(rhs(t + c_i * h, y_stage))
+    y_next = y_stage if tab.fsal else lincomb(y, h, tab.b, ks)
+    err = None if tab.b_err is None else lincomb(torch.zeros_like(y), h, tab.b_err, ks)
+    return y_next, ks, err
+
+
+def error_ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """Root-mean-square of err / (atol + rtol * max(|y|, |y_next|)) over all entries.
+
+    The step is accepted when the ratio is <= 1 (Hairer, Norsett & Wanner I, II.4).
+    One ratio for the whole tensor: a batch shares one step size, as in torchdiffeq.
+    """
+    scale = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
+    return (err / scale).square().mean().sqrt()
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.square().mean().sqrt()
+
+
+def dense_eval(
+    tab: ButcherTableau,
+    theta: Scalar,
+    h: Scalar,
+    y: torch.Tensor,
+    y_next: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    f_next: torch.Tensor,
+) -> torch.Tensor:
+    """y(t_n + theta h) for theta in [0, 1] from one accepted step.
+
+    Uses the method's own continuous extension when the table has one, otherwise the
+    cubic Hermite interpolant through (y_n, f_n), (y_{n+1}, f_{n+1}) (local error
+    O(h^4); globally as accurate as a 3rd-order method).
+    """
+    if tab.dense is not None:
+        weights = [sum(row[p] * theta ** (p + 1) for p in range(len(row))) for row in tab.dense]
+        return _weighted(y, h, weights, ks)
+    return hermite(theta, h, y, y_next, ks[0], f_next)
+
+
+def _weighted(y: torch.Tensor, h: Scalar, weights: Sequence[Scalar], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    if any(isinstance(w, torch.Tensor) for w in weights) or isinstance(h, torch.Tensor):
+        acc = y
+        for w, k in zip(weights, ks):
+            if not (isinstance(w, float) and w == 0.0):
+                acc = acc + (h * w) * k
+        return acc
+    return lincomb(y, h, [float(w) for w in weights], ks)
+
+
+def hermite(theta: Scalar, h: Scalar, y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+    """Cubic Hermite interpolant on [t_n, t_n + h] at t_n + theta h."""
+    h00 = (1 + 2 * theta) * (1 - theta) ** 2
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta**2 * (3 - 2 * theta)
+    h11 = theta**2 * (theta - 1)
+    return h00 * y0 + (h10 * h) * f0 + h01 * y1 + (h11 * h) * f1
+
+
+def leapfrog_step(rhs: RHS, t: Scalar, y_prev: torch.Tensor, y: torch.Tensor, h: Scalar) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two-step leapfrog (explicit midpoint rule): y_{n+1} = y_{n-1} + 2 h f(t_n, y_n).
+
+    Returns (y_next, f(t_n, y_n)). Second order, non-dissipative; its parasitic
+    (-1)^n mode is why autodiff through it oscillates with time-varying parameters
+    (Xu, Chen & Li, see ``pysciml_grad.corrected``).
+    """
+    f = rhs(t, y)
+    return lincomb(y_prev, h, (2.0,), (f,)), f

@@ -1,0 +1,66 @@
+"""``odeint``: the one entry point. Validates input, picks the engine, returns the states."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import torch
+
+from .errors import InvalidProblemError
+from .problem import make_problem
+from .sensealg import DirectAD, SensitivityAlgorithm
+
+BACKENDS = ("torch", "julia")
+
+
+def odeint(
+    func: Callable,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    sensealg: Optional[SensitivityAlgorithm] = None,
+    backend: str = "torch",
+    options: Optional[Mapping[str, Any]] = None,
+    params: Optional[Iterable[torch.Tensor]] = None,
+):
+    """Solve dy/dt = func(t, y), y(t[0]) = y0, and return y at every time in ``t``.
+
+    Parameters
+    ----------
+    func : callable ``func(t, y) -> dy/dt`` (torchdiffeq's convention), e.g. an ``nn.Module``.
+    y0 : floating tensor of any shape (batches included); output dtype/device follow it.
+    t : 1-D strictly monotonic (increasing or decreasing) tensor of save times.
+    method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
+        ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive).
+    sensealg : how gradients are computed (``psg.DirectAD()``, ``psg.CheckpointAdjoint()``, ...).
+    backend : ``"torch"`` (native) or ``"julia"`` (SciML through juliacall).
+    options : solver options (see ``SolverOptions``); ``{"return_stats": True}`` makes
+        the call return ``(ys, stats)`` with NFE and step counts.
+    params : extra tensors the gradient must reach (those closed over by ``func``).
+
+    Returns
+    -------
+    ys : tensor of shape ``(len(t), *y0.shape)``; or ``(ys, stats)`` with ``return_stats``.
+    """
+    if sensealg is None:
+        sensealg = default_sensealg()
+    if backend not in BACKENDS:
+        raise InvalidProblemError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    problem = make_problem(
+        func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
+        params=params, sensealg=sensealg, backend=backend,
+    )
+    return_stats = bool(problem.options.get("return_stats", False))
+    if backend == "torch":
+        from .backends.torch import solve
+    else:
+        from .backends.julia import solve  # imports juliacall lazily, inside
+    ys, stats = solve(problem)
+    return (ys, stats) if return_stats else ys
+
+
+def default_sensealg() -> SensitivityAlgorithm:
+    return DirectAD()
