@@ -92,8 +92,9 @@ class PIController:
     """Proportional-integral step-size controller (Gustafsson; Hairer & Wanner II, IV.2).
 
     h_{n+1} = h_n * clip(safety * r_n^(-alpha) * r_{n-1}^(beta), dfactor, ifactor)
-    with alpha = 0.7/q, beta = 0.4/q, q = 1 + order of the error estimate. After a
-    rejection the factor is capped at 1 so a rejected step never grows.
+    with beta = 0.2/q and alpha = 1/q - 0.75 beta, q = 1 + order of the error estimate
+    (Hairer's DOPRI5 defaults: alpha = 0.17, beta = 0.04 for q = 5). After a rejection
+    the factor is capped at 1 so a rejected step never grows.
     """
 
     alpha: float
@@ -105,7 +106,8 @@ class PIController:
     @classmethod
     def for_method(cls, error_order: int, opts: SolverOptions) -> "PIController":
         q = error_order + 1
-        return cls(0.7 / q, 0.4 / q, opts.safety, opts.ifactor, opts.dfactor)
+        beta = 0.2 / q
+        return cls(1.0 / q - 0.75 * beta, beta, opts.safety, opts.ifactor, opts.dfactor)
 
     def factor(self, ratio: Scalar, prev_ratio: Scalar, accepted: bool) -> Scalar:
         ratio = _clip(ratio, 1e-10, math.inf)
