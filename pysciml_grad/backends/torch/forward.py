@@ -15,7 +15,7 @@ import torch
 from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodError
 from ...problem import ODEProblem, SolveStats, check_rhs_output
 from .control import SolverOptions
-from .integrate import CountingRHS, Counters, Record, integrate_adaptive, integrate_fixed
+from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .tableaus import TABLEAUS, ButcherTableau
 
 LEAPFROG = "leapfrog"
@@ -93,7 +93,7 @@ def forward_solve(
         t_save = save_times(problem, differentiate_control)
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
     f0 = rhs(t_save[0], y0)
-    check_rhs_output(f0, y0, float(t_save[0]))
+    check_rhs_output(f0, y0, as_float(t_save[0]))
     counters = Counters()
     if method.adaptive:
         ys = integrate_adaptive(
@@ -104,7 +104,7 @@ def forward_solve(
         ys = integrate_fixed(rhs, method.tableau, t_save, y0, f0, opts, counters, record)
     out = torch.stack(ys)
     if not method.adaptive:
-        check_finite_trajectory(out, [float(x) for x in t_save])
+        check_finite_trajectory(out, [as_float(x) for x in t_save])
     if stats is not None:
         stats.nfe += rhs.nfe
         stats.n_steps += counters.n_steps

@@ -49,13 +49,17 @@ class CountingRHS:
 @dataclass
 class AcceptedStep:
     """One accepted step: start time ``t``, step ``h``, start state ``y``
-    (``y_prev`` too for leapfrog) and the save points it serves as (index, theta)."""
+    (``y_prev`` too for leapfrog) and the save points it serves as (index, theta).
+    ``ks`` are the step's stage derivatives (``ks[0]`` = f(t, y)): with them and the
+    next step's ``y`` an interpolating adjoint rebuilds the dense output without
+    re-evaluating ``func``."""
 
     t: Scalar
     h: Scalar
     y: torch.Tensor
     saves: List[Tuple[int, Scalar]] = field(default_factory=list)
     y_prev: Optional[torch.Tensor] = None
+    ks: Optional[Sequence[torch.Tensor]] = None
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Counters:
 Record = Optional[Callable[[AcceptedStep], None]]
 
 
-def _f(x: Scalar) -> float:
+def as_float(x: Scalar) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
@@ -121,13 +125,16 @@ def integrate_adaptive(
     differentiate_control: bool,
     counters: Counters,
     record: Record = None,
+    ratio_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> List[torch.Tensor]:
     """Embedded-RK loop with PI control; returns the states at ``t_save``.
 
     ``differentiate_control``: keep the error ratio and step sizes in the autograd
     graph (DirectAD). Otherwise step sizes are Python floats, i.e. constants.
+    ``ratio_fn(err, y, y_next)`` replaces the default RMS error ratio (the adjoint
+    solves use a mixed norm over their stacked [y, a, dL/dtheta] blocks).
     """
-    ts = [_f(x) for x in t_save]
+    ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     controller = PIController.for_method(tab.error_order, opts)
     t: Scalar = t_save[0] if differentiate_control else ts[0]
@@ -150,11 +157,11 @@ def integrate_adaptive(
         trials += 1
         if trials > opts.max_num_steps:
             raise MaxStepsExceededError(
-                f"max_num_steps={opts.max_num_steps} steps taken and t={_f(t):.6g} reached, "
+                f"max_num_steps={opts.max_num_steps} steps taken and t={as_float(t):.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
             )
-        t_f, h_f = _f(t), _f(h)
+        t_f, h_f = as_float(t), as_float(h)
         last = direction * (t_f + h_f - ts[-1]) >= 0
         if last:
             h = t_end - t
@@ -168,14 +175,17 @@ def integrate_adaptive(
                 )
             raise StepSizeUnderflowError(
                 f"step size {abs(h_f):.3g} underflowed (min_step={opts.min_step:g}) at t={t_f:.6g}, "
-                f"|y|max={_f(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
+                f"|y|max={as_float(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
                 "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff solver "
                 "(backend='julia', method='Rodas5P')."
             )
         y_next, ks, err = rk_step(rhs, tab, t, y, h, k0)
         with torch.set_grad_enabled(differentiate_control and torch.is_grad_enabled()):
-            ratio_t = error_ratio(err, y, y_next, rtol, atol)
-        ratio_f = _f(ratio_t)
+            if ratio_fn is None:
+                ratio_t = error_ratio(err, y, y_next, rtol, atol)
+            else:
+                ratio_t = ratio_fn(err, y, y_next)
+        ratio_f = as_float(ratio_t)
         ratio: Scalar = ratio_t if differentiate_control else ratio_f
         last_trial_nonfinite = not math.isfinite(ratio_f)
         if last_trial_nonfinite:
@@ -198,7 +208,7 @@ def integrate_adaptive(
 
             _serve(saves, ys, tab, h, y, y_next, ks, f_next)
             if record is not None:
-                record(AcceptedStep(t, h, y, saves))
+                record(AcceptedStep(t, h, y, saves, ks=ks))
             counters.n_steps += 1
             t, y = t_next, y_next
             k0 = f_next_cache[0] if f_next_cache else None
@@ -246,7 +256,7 @@ def integrate_fixed(
     Grid: the save times themselves, or with ``step_size`` equal steps spanning the
     interval; save times inside a step come from cubic Hermite interpolation.
     """
-    ts = [_f(x) for x in t_save]
+    ts = [as_float(x) for x in t_save]
     n = fixed_grid(ts, opts.step_size)
     if n is None:
         grid: List[Scalar] = list(t_save)
@@ -260,7 +270,7 @@ def integrate_fixed(
             )
         t0, t1 = t_save[0], t_save[-1]
         grid = [t0 + (t1 - t0) * (j / n) for j in range(n)] + [t1]
-    grid_f = [_f(x) for x in grid]
+    grid_f = [as_float(x) for x in grid]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     i = 1
@@ -288,7 +298,7 @@ def integrate_fixed(
         for index, theta in saves:
             ys[index] = y_next if (isinstance(theta, float) and theta == 1.0) else hermite(theta, h, y, y_next, ks[0], f_next())
         if record is not None:
-            record(AcceptedStep(t, h, y, saves, y_prev))
+            record(AcceptedStep(t, h, y, saves, y_prev, ks=ks))
         counters.n_steps += 1
         if check_finite_every_step:
             _check_finite(y_next, grid_f[j + 1], "the state")

@@ -1,0 +1,56 @@
+"""Command line: ``python -m pysciml_grad {demo,info,julia install}``."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def _info() -> int:
+    import torch
+
+    from . import __version__
+
+    print(f"pysciml_grad {__version__}, Python {platform.python_version()}, torch {torch.__version__}")
+    cuda = torch.cuda.is_available()
+    print(f"torch engine: available (CPU{', CUDA: ' + torch.cuda.get_device_name(0) if cuda else '; CUDA not available'})")
+    try:
+        from .backends.julia import availability
+
+        ok, reason = availability()
+    except Exception as exc:  # the CLI must report, not crash
+        ok, reason = False, f"{type(exc).__name__}: {exc}"
+    print(f"julia engine: {'available' if ok else 'not available'} ({reason})")
+    return 0
+
+
+def _julia(args) -> int:
+    from .backends.julia import install
+
+    if args.action == "install":
+        install(progress=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pysciml_grad", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="fit a small neural ODE on the torch engine, with a gradient check")
+    demo.add_argument("--iterations", type=int, default=200)
+    sub.add_parser("info", help="which engines and devices are available, and why not")
+    julia = sub.add_parser("julia", help="manage the Julia engine")
+    julia.add_argument("action", choices=["install"], help="resolve and precompile the Julia packages (needs network)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run
+
+        run(iterations=args.iterations)
+        return 0
+    if args.command == "info":
+        return _info()
+    return _julia(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Test problems with reference solutions (analytic, or SciPy DOP853 at rtol=1e-12)."""
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+
+def scipy_reference(f_np, y0, t, rtol=1e-12, atol=1e-14):
+    sol = solve_ivp(f_np, (t[0], t[-1]), y0, method="DOP853", t_eval=t, rtol=rtol, atol=atol)
+    assert sol.success
+    return sol.y.T
+
+
+def van_der_pol(mu=1.0):
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], dim=-1)
+
+    def f_np(t, y):
+        return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
+
+    return f, f_np, [2.0, 0.0]
+
+
+def lotka_volterra(a=1.5, b=1.0, c=3.0, d=1.0):
+    def f(t, y):
+        return torch.stack([a * y[..., 0] - b * y[..., 0] * y[..., 1], -c * y[..., 1] + d * y[..., 0] * y[..., 1]], dim=-1)
+
+    def f_np(t, y):
+        return [a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]]
+
+    return f, f_np, [1.0, 1.0]
+
+
+class SpiralMLP(torch.nn.Module):
+    """2-D spiral: linear damped rotation plus a small tanh MLP correction."""
+
+    def __init__(self, hidden=16, seed=0, dtype=torch.float64):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=dtype))
+        self.W1 = torch.nn.Parameter(0.5 * torch.randn(2, hidden, generator=g, dtype=dtype))
+        self.b1 = torch.nn.Parameter(0.1 * torch.randn(hidden, generator=g, dtype=dtype))
+        self.W2 = torch.nn.Parameter(0.5 * torch.randn(hidden, 2, generator=g, dtype=dtype))
+
+    def forward(self, t, y):
+        return y @ self.A.T + torch.tanh(y @ self.W1 + self.b1) @ self.W2
+
+    def numpy_rhs(self):
+        A, W1, b1, W2 = (p.detach().double().numpy() for p in (self.A, self.W1, self.b1, self.W2))
+        return lambda t, y: A @ y + np.tanh(y @ W1 + b1) @ W2
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, dim=2, hidden=32, seed=0, dtype=torch.float64):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, dim)
+        ).to(dtype)
+
+    def forward(self, t, y):
+        return self.net(y)
