@@ -6,7 +6,7 @@
 Importing this package never imports juliacall; ``backend="julia"`` does, lazily.
 """
 
-from . import errors
+from . import errors, julia
 from .problem import SolveStats
 from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public names)
 from .sensealg import __all__ as _sensealg_names
@@ -14,4 +14,4 @@ from .solve import odeint
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "errors", "SolveStats", *_sensealg_names]
+__all__ = ["odeint", "errors", "julia", "SolveStats", *_sensealg_names]

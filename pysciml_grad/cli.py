@@ -29,7 +29,7 @@ def _julia(args) -> int:
     from .backends.julia import install
 
     if args.action == "install":
-        install(progress=True)
+        install(progress=True, cuda=args.cuda)
     return 0
 
 
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="which engines and devices are available, and why not")
     julia = sub.add_parser("julia", help="manage the Julia engine")
     julia.add_argument("action", choices=["install"], help="resolve and precompile the Julia packages (needs network)")
+    julia.add_argument("--cuda", action="store_true", help="also install CUDA.jl and DLPack.jl for GPU solves")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run

@@ -88,6 +88,47 @@ class CheckpointAdjoint(SensitivityAlgorithm):
     max_checkpoints: Optional[int] = None
 
 
+@dataclass(frozen=True)
+class GaussAdjoint(SensitivityAlgorithm):
+    """Continuous adjoint with the parameter gradient by Gauss-Legendre quadrature.
+
+    The adjoint a(t) solves da/dt = -a^T df/dy backwards from the save-time jumps
+    a(t_i) += dL/dy(t_i); the parameter gradient dL/dtheta = integral of a^T df/dtheta dt
+    is accumulated interval by interval with Gauss quadrature during that backward
+    solve (SciMLSensitivity's ``GaussAdjoint``, which its manual recommends among the
+    continuous adjoints). y(t) comes from the forward dense output, or, with
+    ``checkpointing=True``, from re-solving each interval between save times.
+    Julia backend only.
+    """
+
+    checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class ReverseDiffAdjoint(SensitivityAlgorithm):
+    """Discrete reverse-mode AD through every operation of the solver (ReverseDiff.jl tape).
+
+    The exact derivative of the computed solution, step-size control included: the
+    Julia counterpart of ``DirectAD``. Needs a right-hand side written in Julia
+    (``JuliaRHS``) and CPU arrays. Julia backend only.
+    """
+
+    discrete = True
+
+
+@dataclass(frozen=True)
+class ForwardDiffSensitivity(SensitivityAlgorithm):
+    """Forward-mode AD (dual numbers) through the solver: cost grows with the number of
+    inputs (len(y0) + number of parameters), so it pays off for few parameters.
+
+    Exact derivative of the computed solution. ``chunk_size`` dual partials are
+    propagated per pass (0: automatic). Needs a ``JuliaRHS``. Julia backend only.
+    """
+
+    discrete = True
+    chunk_size: int = 0
+
+
 __all__ = [
     "SensitivityAlgorithm",
     "DirectAD",
@@ -95,4 +136,7 @@ __all__ = [
     "InterpolatingAdjoint",
     "QuadratureAdjoint",
     "CheckpointAdjoint",
+    "GaussAdjoint",
+    "ReverseDiffAdjoint",
+    "ForwardDiffSensitivity",
 ]
