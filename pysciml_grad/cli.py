@@ -1,4 +1,4 @@
-"""Command line: ``python -m pysciml_grad {demo,info,julia install}``."""
+"""Command line: ``python -m pysciml_grad {demo,check,info,julia install}``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="fit a small neural ODE on the torch engine, with a gradient check")
     demo.add_argument("--iterations", type=int, default=200)
     sub.add_parser("info", help="which engines and devices are available, and why not")
+    check = sub.add_parser("check", help="audit every sensealg x backend against closed-form / finite-difference gradients")
+    check.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    check.add_argument("--rtol", type=float, default=1e-6)
+    check.add_argument("--backend", choices=["torch", "julia", "all"], default="all")
     julia = sub.add_parser("julia", help="manage the Julia engine")
     julia.add_argument("action", choices=["install"], help="resolve and precompile the Julia packages (needs network)")
     julia.add_argument("--cuda", action="store_true", help="also install CUDA.jl and DLPack.jl for GPU solves")
@@ -50,6 +54,12 @@ def main(argv=None) -> int:
         return 0
     if args.command == "info":
         return _info()
+    if args.command == "check":
+        from .check import main as check_main
+
+        backends = ("torch", "julia") if args.backend == "all" else (args.backend,)
+        check_main(args.json, args.rtol, backends)
+        return 0
     return _julia(args)
 
 
