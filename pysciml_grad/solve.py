@@ -8,7 +8,7 @@ import torch
 
 from .errors import InvalidProblemError
 from .problem import make_problem
-from .sensealg import DirectAD, SensitivityAlgorithm
+from .sensealg import CheckpointAdjoint, GaussAdjoint, SensitivityAlgorithm
 
 BACKENDS = ("torch", "julia")
 
@@ -35,7 +35,9 @@ def odeint(
     t : 1-D strictly monotonic (increasing or decreasing) tensor of save times.
     method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
         ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive).
-    sensealg : how gradients are computed (``psg.DirectAD()``, ``psg.CheckpointAdjoint()``, ...).
+    sensealg : how gradients are computed; default ``psg.CheckpointAdjoint()`` (torch) /
+        ``psg.GaussAdjoint()`` (julia). Also ``DirectAD``, ``BacksolveAdjoint``,
+        ``InterpolatingAdjoint``, ``QuadratureAdjoint``.
     backend : ``"torch"`` (native) or ``"julia"`` (SciML through juliacall).
     options : solver options (see ``SolverOptions``); ``{"return_stats": True}`` makes
         the call return ``(ys, stats)`` with NFE and step counts.
@@ -46,7 +48,7 @@ def odeint(
     ys : tensor of shape ``(len(t), *y0.shape)``; or ``(ys, stats)`` with ``return_stats``.
     """
     if sensealg is None:
-        sensealg = default_sensealg()
+        sensealg = default_sensealg(backend)
     if backend not in BACKENDS:
         raise InvalidProblemError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     problem = make_problem(
@@ -62,5 +64,10 @@ def odeint(
     return (ys, stats) if return_stats else ys
 
 
-def default_sensealg() -> SensitivityAlgorithm:
-    return DirectAD()
+def default_sensealg(backend: str = "torch") -> SensitivityAlgorithm:
+    """CheckpointAdjoint on the torch engine: the exact gradient of the discrete solver
+    (ACA), with memory of one state per accepted step instead of DirectAD's whole graph.
+    GaussAdjoint on the Julia engine, SciMLSensitivity's recommended continuous adjoint."""
+    if backend == "julia":
+        return GaussAdjoint()
+    return CheckpointAdjoint()

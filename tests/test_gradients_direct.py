@@ -92,3 +92,15 @@ def test_directad_backpropagates_through_step_size_controller():
     loss_fn(a).backward()
     fd = central_fd(loss_fn, a.detach(), torch.tensor(1.0, dtype=torch.float64), eps=1e-7)
     assert abs(a.grad - fd) <= 1e-5 * abs(fd)
+
+
+def test_directad_gradient_finite_for_zero_initial_state():
+    """||y0|| = 0 in the initial-step heuristic must not give NaN gradients."""
+    a = torch.tensor(-0.5, dtype=torch.float64, requires_grad=True)
+    y0 = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    ys = psg.odeint(lambda t, y: a * y + 1.0, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), params=[a], sensealg=psg.DirectAD())
+    ys[-1].sum().backward()
+    # y(1) = (e^a - 1)/a per component: dy/da = (a e^a - e^a + 1)/a^2
+    e = torch.exp(a.detach())
+    assert torch.isfinite(y0.grad).all()
+    assert torch.allclose(a.grad, 2 * (a.detach() * e - e + 1) / a.detach() ** 2, rtol=1e-6)

@@ -216,7 +216,8 @@ def integrate_adaptive(
             counters.n_rejected += 1
         h = _limit(h * controller.factor(ratio, prev_ratio, accepted), opts.max_step)
         if accepted:
-            prev_ratio = ratio if not differentiate_control else ratio.clamp(min=1e-10)
+            # Clamped on both paths: an exactly zero error (e.g. f = 0) must not zero the PI factor.
+            prev_ratio = max(ratio, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
     return ys  # type: ignore[return-value]
 
 

@@ -78,7 +78,9 @@ def error_ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor, rtol: 
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.square().mean().sqrt()
+    # Clamped so the norm of an all-zero tensor has a finite derivative (sqrt'(0) = inf
+    # would poison DirectAD's graph with 0 * inf = NaN even in an unselected branch).
+    return x.square().mean().clamp_min(torch.finfo(x.dtype).tiny).sqrt()
 
 
 def dense_eval(
