@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pysciml_grad", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit a small neural ODE on the torch engine, with a gradient check")
-    demo.add_argument("--iterations", type=int, default=200)
+    demo.add_argument("--iterations", type=int, default=300)
     sub.add_parser("info", help="which engines and devices are available, and why not")
     check = sub.add_parser("check", help="audit every sensealg x backend against closed-form / finite-difference gradients")
     check.add_argument("--json", default=None, help="also write the rows to this JSON file")

@@ -50,7 +50,13 @@ def loss_of(model, y0, t, ys, sensealg=None, dtype=torch.float32):
 
 
 def gradient_check(model, y0, t, ys) -> dict:
-    """Default sensealg vs DirectAD vs float64 central differences along a random direction."""
+    """Default sensealg vs DirectAD vs float64 central differences along a random direction.
+
+    All in float64 at the training tolerance (rtol 1e-5). CheckpointAdjoint is the exact
+    gradient of the solver's accepted steps with the step sizes held fixed; DirectAD and
+    finite differences of the adaptive solve also see the step sizes move, an O(rtol)
+    difference. The FD reference is taken at rtol 1e-10 so it measures the true error.
+    """
     m64 = copy.deepcopy(model).double()
     params = list(m64.parameters())
 
@@ -69,7 +75,8 @@ def gradient_check(model, y0, t, ys) -> dict:
             for p in params:
                 p.copy_(x[i : i + p.numel()].view_as(p))
                 i += p.numel()
-            return float(loss_of(m64, y0, t, ys, sensealg=DirectAD(), dtype=torch.float64))
+            pred = _solve.odeint(m64, y0.double(), t.double(), method="dopri5", rtol=1e-10, atol=1e-12)
+            return float((pred - ys.double()).abs().mean())
 
     eps = 1e-6
     fd = (loss_at(flat + eps * direction) - loss_at(flat - eps * direction)) / (2 * eps)
@@ -81,7 +88,7 @@ def gradient_check(model, y0, t, ys) -> dict:
     }
 
 
-def run(iterations: int = 200, seed: int = 0) -> dict:
+def run(iterations: int = 300, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     y0_full, t_full, ys_full = make_data()
@@ -101,12 +108,13 @@ def run(iterations: int = 200, seed: int = 0) -> dict:
         if step == 4:
             check = gradient_check(model, y0, t, ys)
             print(
-                f"gradient check at step 4 ({check['sensealg']}): rel. diff vs DirectAD "
-                f"{check['default_vs_directad']:.2e}, vs float64 central FD {check['default_vs_fd']:.2e}"
+                f"gradient check at step 4: {check['sensealg']} (rtol 1e-5) vs DirectAD "
+                f"{check['default_vs_directad']:.1e} relative (O(rtol): DirectAD also differentiates "
+                f"the step sizes); vs float64 central FD of a rtol-1e-10 solve {check['default_vs_fd']:.1e}"
             )
-        if step == 1 or step % 25 == 0:
+        if step == 1 or step % 50 == 0:
             with torch.no_grad():
-                losses.append(float(loss_of(model, eval_y0, eval_t, eval_ys)))
+                losses.append(float(loss_of(model, eval_y0, eval_t, eval_ys).detach()))
             print(f"step {step:4d}  loss on 64 held-out windows {losses[-1]:.4f}  ({time.perf_counter() - start:.1f} s)")
     print(f"held-out loss {losses[0]:.4f} -> {losses[-1]:.4f} in {time.perf_counter() - start:.1f} s")
     return {"losses": losses, "gradient_check": check}
