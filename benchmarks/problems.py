@@ -137,11 +137,15 @@ def mlp_problem(batch: int = 512, hidden: int = 64, rtol: float = 1e-6, atol: fl
     )
 
 
-# Memory problem size: big enough that the autograd activations dominate the RSS of a
-# fresh process, small enough that DirectAD at N = 1000 rk4 steps (4000 RHS evaluations
-# kept in the graph) stays well under the machine's memory and ~20 s on 2 cores.
-MEMORY_BATCH = 1024
-MEMORY_HIDDEN = 128
+# Memory problem size (defaults; ``run.py memory --mem-batch/--mem-hidden`` change them):
+# big enough that the autograd activations dominate (DirectAD keeps 2 x batch x hidden
+# floats per RHS evaluation: ~1 GiB at N = 1000 rk4 steps, against a few MiB for the
+# states), small enough that every configuration runs in ~10-20 s on 2 busy cores.
+# Wider settings are too slow for 2 cores: batch 1024 / hidden 128 took 150 s (and 8 GB
+# RSS) for DirectAD at N = 1000 on this machine; batch 4096 / hidden 256 would be ~16x
+# the work. Use them on a GPU: --device cuda --mem-batch 4096 --mem-hidden 256.
+MEMORY_BATCH = 512
+MEMORY_HIDDEN = 64
 
 
 def memory_problem(n_steps: int, batch: int = MEMORY_BATCH, hidden: int = MEMORY_HIDDEN) -> Problem:
