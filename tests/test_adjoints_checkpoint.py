@@ -76,7 +76,7 @@ def replayed_by_plain_autograd(func, y0, t, method, options, rtol=1e-6, atol=1e-
                 outs[i] = y_next
             elif tab is not None and meth.adaptive:
                 f_next = ks[-1] if tab.fsal else f(t_next, y_next)
-                outs[i] = dense_eval(tab, theta, h, y, y_next, ks, f_next)
+                outs[i] = dense_eval(tab, theta, h, y, y_next, ks, lambda: f_next)
             else:
                 outs[i] = hermite(theta, h, y, y_next, ks[0], f(t_next, y_next))
         y_prev, y = y, y_next

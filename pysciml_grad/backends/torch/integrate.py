@@ -24,7 +24,7 @@ from ...errors import (
     StepSizeUnderflowError,
 )
 from .control import PIController, SolverOptions, initial_step
-from .stepping import dense_eval, error_ratio, hermite, leapfrog_step, rk_step
+from .stepping import dense_eval, error_ratio, leapfrog_step, rk_step
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -98,7 +98,7 @@ def _serve(
         if isinstance(theta, float) and theta == 1.0:
             ys[index] = y_next
         else:
-            ys[index] = dense_eval(tab, theta, h, y, y_next, ks, f_next())
+            ys[index] = dense_eval(tab, theta, h, y, y_next, ks, f_next)
 
 
 def _saves_in_step(t_save: Sequence[Scalar], ts: Sequence[float], i: int, t: Scalar, h: Scalar, t_next_f: float, direction: float, exact_end: bool) -> Tuple[List[Tuple[int, Scalar]], int]:
@@ -297,7 +297,7 @@ def integrate_fixed(
             return f_cache[0]
 
         for index, theta in saves:
-            ys[index] = y_next if (isinstance(theta, float) and theta == 1.0) else hermite(theta, h, y, y_next, ks[0], f_next())
+            ys[index] = y_next if (isinstance(theta, float) and theta == 1.0) else dense_eval(None, theta, h, y, y_next, ks, f_next)
         if record is not None:
             record(AcceptedStep(t, h, y, saves, y_prev, ks=ks))
         counters.n_steps += 1

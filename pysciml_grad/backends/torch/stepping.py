@@ -84,24 +84,26 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_eval(
-    tab: ButcherTableau,
+    tab: Optional[ButcherTableau],
     theta: Scalar,
     h: Scalar,
     y: torch.Tensor,
     y_next: torch.Tensor,
     ks: Sequence[torch.Tensor],
-    f_next: torch.Tensor,
+    f_next: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
     """y(t_n + theta h) for theta in [0, 1] from one accepted step.
 
-    Uses the method's own continuous extension when the table has one, otherwise the
-    cubic Hermite interpolant through (y_n, f_n), (y_{n+1}, f_{n+1}) (local error
-    O(h^4); globally as accurate as a 3rd-order method).
+    Uses the method's own continuous extension when the table has one (dopri5, tsit5),
+    otherwise the cubic Hermite interpolant through (y_n, f_n), (y_{n+1}, f_{n+1}) (local
+    error O(h^4); globally as accurate as a 3rd-order method). ``tab=None`` is leapfrog.
+    ``f_next()`` yields f(t_{n+1}, y_{n+1}); it is called only when Hermite needs it, so
+    the forward loop and every adjoint replay share one definition of the dense output.
     """
-    if tab.dense is not None:
+    if tab is not None and tab.dense is not None:
         weights = [sum(row[p] * theta ** (p + 1) for p in range(len(row))) for row in tab.dense]
         return _weighted(y, h, weights, ks)
-    return hermite(theta, h, y, y_next, ks[0], f_next)
+    return hermite(theta, h, y, y_next, ks[0], f_next())
 
 
 def _weighted(y: torch.Tensor, h: Scalar, weights: Sequence[Scalar], ks: Sequence[torch.Tensor]) -> torch.Tensor:

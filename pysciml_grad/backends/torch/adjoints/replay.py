@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..stepping import dense_eval, hermite, leapfrog_step, rk_step
+from ..stepping import dense_eval, leapfrog_step, rk_step
 from ..tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -47,20 +47,8 @@ def without_fsal_stage(tab: ButcherTableau) -> ButcherTableau:
     return replace(tab, c=tab.c[:-1], a=tab.a[:-1], b=tab.a[-1], b_err=None, fsal=False, dense=None)
 
 
-def interpolate(
-    tab: Optional[ButcherTableau],
-    theta: Scalar,
-    h: Scalar,
-    y: torch.Tensor,
-    y_next: torch.Tensor,
-    ks: Sequence[torch.Tensor],
-    f_next: Callable[[], torch.Tensor],
-) -> torch.Tensor:
-    """The dense output the forward loop serves at t_n + theta h (``integrate._serve``):
-    the method's continuous extension, else cubic Hermite (fixed-step RK, leapfrog)."""
-    if tab is not None and tab.dense is not None:
-        return dense_eval(tab, theta, h, y, y_next, ks, None)  # type: ignore[arg-type]
-    return hermite(theta, h, y, y_next, ks[0], f_next())
+# One definition of the dense output for the forward loop and every replay.
+interpolate = dense_eval
 
 
 def step(
