@@ -41,6 +41,21 @@ def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[to
     return out
 
 
+def weighted_sum(h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``h * sum_j coeffs[j] * ks[j]`` without materialising a zero start vector."""
+    terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
+    c0, k0 = terms[0]
+    if isinstance(h, torch.Tensor):
+        acc = k0 * c0
+        for c, k in terms[1:]:
+            acc = acc.add_(k, alpha=c)
+        return acc * h
+    acc = k0 * (h * c0)
+    for c, k in terms[1:]:
+        acc.add_(k, alpha=h * c)
+    return acc
+
+
 def rk_step(
     rhs: RHS,
     tab: ButcherTableau,
@@ -63,7 +78,7 @@ def rk_step(
         y_stage = lincomb(y, h, a_i, ks)
         ks.append(rhs(t + c_i * h, y_stage))
     y_next = y_stage if tab.fsal else lincomb(y, h, tab.b, ks)
-    err = None if tab.b_err is None else lincomb(torch.zeros_like(y), h, tab.b_err, ks)
+    err = None if tab.b_err is None else weighted_sum(h, tab.b_err, ks)
     return y_next, ks, err
 
 
