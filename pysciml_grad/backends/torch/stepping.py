@@ -9,7 +9,7 @@ here accepts both.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -56,6 +56,24 @@ def weighted_sum(h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor])
     return acc
 
 
+_NODES: Dict[Tuple[Tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def stage_times(tab: ButcherTableau, t: Scalar, h: Scalar) -> Sequence[Scalar]:
+    """t + c_i h for the stages after the first.
+
+    With a graph-carrying ``h`` (DirectAD) this is one vector op and an unbind per step
+    instead of two scalar-tensor ops per stage, which dominated the controller's overhead.
+    """
+    if not isinstance(h, torch.Tensor):
+        return [t + c_i * h for c_i in tab.c[1:]]
+    key = (tab.c, h.dtype, h.device)  # by value: replays use truncated copies of a table
+    nodes = _NODES.get(key)
+    if nodes is None:
+        nodes = _NODES[key] = torch.tensor(tab.c[1:], dtype=h.dtype, device=h.device)
+    return (nodes * h).add_(t).unbind(0)
+
+
 def rk_step(
     rhs: RHS,
     tab: ButcherTableau,
@@ -74,9 +92,9 @@ def rk_step(
     """
     ks = [rhs(t, y) if k0 is None else k0]
     y_stage = y
-    for c_i, a_i in zip(tab.c[1:], tab.a):
+    for t_i, a_i in zip(stage_times(tab, t, h), tab.a):
         y_stage = lincomb(y, h, a_i, ks)
-        ks.append(rhs(t + c_i * h, y_stage))
+        ks.append(rhs(t_i, y_stage))
     y_next = y_stage if tab.fsal else lincomb(y, h, tab.b, ks)
     err = None if tab.b_err is None else weighted_sum(h, tab.b_err, ks)
     return y_next, ks, err
