@@ -1,6 +1,5 @@
 """The gradient audit itself: every torch sensealg within tolerance of its oracle."""
 
-import importlib.util
 
 from pysciml_grad import check
 

@@ -9,7 +9,6 @@ tolerances (exact gradient of its own accurate solve); for fixed-step methods on
 same grid, the torch engine's result to round-off (same Butcher tableau, same steps).
 """
 
-import math
 import os
 import sys
 

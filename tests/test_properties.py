@@ -1,7 +1,6 @@
 """Property-based checks (hypothesis): random linear systems against the matrix exponential."""
 
 import numpy as np
-import pytest
 import scipy.linalg
 import torch
 from hypothesis import given, settings

@@ -57,11 +57,16 @@ class InterpolatingStrategy:
         self.stats.extra["interpolating_stored_states"] = self.trajectory.stored_states
         return ys
 
-    def backward(self, grad_ys, y0, t, params, needs, ys=None):
+    def begin_backward(self, grad_ys, params, needs):
+        """Checks shared by the dense-output adjoints; the indices and tensors of the
+        parameters that need a gradient."""
         reject_double_backward(self.name)
         check_incoming(grad_ys, self.ts, self.name)
         idx = trainable(params, needs[2:])
-        ps = [params[i] for i in idx]
+        return idx, [params[i] for i in idx]
+
+    def backward(self, grad_ys, y0, t, params, needs, ys=None):
+        idx, ps = self.begin_backward(grad_ys, params, needs)
         traj = self.trajectory
         nfe0, replayed0 = traj.rhs.nfe, traj.replayed_steps
         rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj)

@@ -31,14 +31,11 @@ from ..forward import forward_solve
 from ..integrate import AcceptedStep
 from .common import (
     apply,
-    check_incoming,
     needs_gradient,
     nonfinite_adjoint,
-    reject_double_backward,
     reject_time_gradient,
     scatter,
     time_tensor,
-    trainable,
     vjp,
 )
 from .continuous import AdjointRHS, block_sizes, gauss_legendre
@@ -52,10 +49,7 @@ class QuadratureStrategy(InterpolatingStrategy):
     name = NAME
 
     def backward(self, grad_ys, y0, t, params, needs, ys=None):
-        reject_double_backward(self.name)
-        check_incoming(grad_ys, self.ts, self.name)
-        idx = trainable(params, needs[2:])
-        ps = [params[i] for i in idx]
+        idx, ps = self.begin_backward(grad_ys, params, needs)
         traj = self.trajectory
         nfe0 = traj.rhs.nfe
         rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj, with_params=False)
