@@ -415,6 +415,28 @@ class TimeVaryingODE(nn.Module):
             x = x + h * (b1 * k1 + b2 * k2)
         return x
 
+    @torch.no_grad()
+    def continuous_forward(self, x0: torch.Tensor, fine_steps: int = 400) -> torch.Tensor:
+        """x(T) of the ODE itself with the learned theta(t), read as the piecewise-linear
+        function through the parameter times, integrated by classical RK4 on
+        ``fine_steps`` equal steps. This is how a learned control behaves as a function
+        of time, independent of the scheme it was trained with."""
+        order = torch.argsort(self.parameter_times)
+        knots = self.parameter_times[order].cpu().numpy()
+        values = self.theta.detach()[order].reshape(len(knots), -1).cpu().numpy()
+        query = np.linspace(0.0, self.T, 2 * fine_steps + 1)
+        fine = np.stack([np.interp(query, knots, v) for v in values.T], axis=1)
+        theta_fine = torch.from_numpy(fine).to(self.theta).reshape(len(query), *self.theta.shape[1:])
+        h, f, x = self.T / fine_steps, self.func, x0
+        for n in range(fine_steps):
+            lo, mid, hi = theta_fine[2 * n], theta_fine[2 * n + 1], theta_fine[2 * n + 2]
+            k1 = f(x, lo)
+            k2 = f(x + 0.5 * h * k1, mid)
+            k3 = f(x + 0.5 * h * k2, mid)
+            k4 = f(x + h * k3, hi)
+            x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return x
+
     def extra_repr(self) -> str:
         extra = f", alpha={self.alpha:g}" if self.alpha is not None else ""
         return (f"scheme={self.scheme!r}{extra}, T={self.T:g}, n_steps={self.n_steps}, "

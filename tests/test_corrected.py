@@ -275,20 +275,7 @@ def test_hook_puts_corrected_gradient_in_theta_grad(scheme, alpha):
 
 def learned_control_loss(block, x0, target, fine_steps=400):
     """Loss of the learned theta(t) (piecewise linear in t) on the ODE itself, by RK4."""
-    order = torch.argsort(block.parameter_times)
-    knots = block.parameter_times[order].numpy()
-    values = block.theta.detach()[order].numpy()
-    query = np.linspace(0.0, block.T, 2 * fine_steps + 1)
-    theta_fine = torch.from_numpy(np.stack([np.interp(query, knots, v) for v in values.T], axis=1))
-    h = block.T / fine_steps
-    x = x0
-    for n in range(fine_steps):
-        lo, mid, hi = theta_fine[2 * n], theta_fine[2 * n + 1], theta_fine[2 * n + 2]
-        k1 = block.func(x, lo)
-        k2 = block.func(x + 0.5 * h * k1, mid)
-        k3 = block.func(x + 0.5 * h * k2, mid)
-        k4 = block.func(x + h * k3, hi)
-        x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    x = block.continuous_forward(x0, fine_steps)
     return 0.5 * ((x - target) ** 2).sum(dim=-1).mean().item()
 
 
