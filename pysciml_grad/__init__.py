@@ -10,8 +10,9 @@ from . import errors, julia
 from .problem import SolveStats
 from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public names)
 from .sensealg import __all__ as _sensealg_names
+from .events import odeint_event
 from .solve import odeint
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "errors", "julia", "SolveStats", *_sensealg_names]
+__all__ = ["odeint", "odeint_event", "errors", "julia", "SolveStats", *_sensealg_names]

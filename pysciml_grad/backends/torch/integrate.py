@@ -69,6 +69,9 @@ class Counters:
 
 
 Record = Optional[Callable[[AcceptedStep], None]]
+#: ``until(step, t_next, y_next, f_next) -> bool``: called after each accepted step; True
+#: ends the loop there (terminal events search the step it was handed for a root).
+Until = Optional[Callable[[AcceptedStep, "Scalar", torch.Tensor, Callable[[], torch.Tensor]], bool]]
 
 
 def as_float(x: Scalar) -> float:
@@ -126,6 +129,7 @@ def integrate_adaptive(
     counters: Counters,
     record: Record = None,
     ratio_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    until: Until = None,
 ) -> List[torch.Tensor]:
     """Embedded-RK loop with PI control; returns the states at ``t_save``.
 
@@ -133,6 +137,8 @@ def integrate_adaptive(
     graph (DirectAD). Otherwise step sizes are Python floats, i.e. constants.
     ``ratio_fn(err, y, y_next)`` replaces the default RMS error ratio (the adjoint
     solves use a mixed norm over their stacked [y, a, dL/dtheta] blocks).
+    ``until`` (see :data:`Until`) may end the loop after an accepted step; ``t_save[-1]``
+    may then be +-inf (integrate until the hook says stop, bounded by max_num_steps).
     """
     ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
@@ -207,9 +213,12 @@ def integrate_adaptive(
                 return f_next_cache[0]
 
             _serve(saves, ys, tab, h, y, y_next, ks, f_next)
+            step = AcceptedStep(t, h, y, saves, ks=ks)
             if record is not None:
-                record(AcceptedStep(t, h, y, saves, ks=ks))
+                record(step)
             counters.n_steps += 1
+            if until is not None and until(step, t_next, y_next, f_next):
+                break
             t, y = t_next, y_next
             k0 = f_next_cache[0] if f_next_cache else None
         else:
