@@ -279,11 +279,27 @@ def test_step_size_refused_for_our_adaptive_names_but_allowed_for_sciml_names():
 
 
 def test_step_control_options():
-    o = opts({"first_step": 1e-3, "min_step": 1e-9, "max_step": 0.1, "max_num_steps": 50, "safety": 0.8, "ifactor": 5.0, "dfactor": 0.3})
+    o = opts({"first_step": 1e-3, "min_step": 1e-9, "max_step": 0.1, "max_num_steps": 50})
     k = o.kwargs
     assert (k["dt"], k["dtmin"], k["dtmax"], k["maxiters"]) == (1e-3, 1e-9, 0.1, 50)
-    assert (k["gamma"], k["qmax"], k["qmin"]) == (0.8, 5.0, 0.3)
     assert "adaptive" not in k
+
+
+@pytest.mark.parametrize("name", ["safety", "ifactor", "dfactor"])
+def test_controller_options_are_refused_not_passed_as_removed_solve_keywords(name):
+    # Issue 9 bug 4: OrdinaryDiffEq v7 rejects gamma/qmax/qmin as solve keywords
+    # (CommonKwargError); they live on the controller object (UPSTREAM.md). Refused at
+    # translation time, naming the option and the way out, never rendered for Julia.
+    with pytest.raises(errors.UnknownOptionError, match=rf"options\['{name}'\].*controller.*backend='torch'"):
+        opts({name: 0.9 if name == "safety" else (5.0 if name == "ifactor" else 0.2)})
+
+
+def test_no_translation_renders_a_controller_keyword():
+    # Whatever the options, the solve NamedTuple never holds a v7-removed keyword.
+    for options in ({}, {"first_step": 1e-3}, {"max_step": 0.5, "min_step": 1e-8}, {"step_size": 0.1}):
+        method = "rk4" if "step_size" in options else "tsit5"
+        text = opts(options, method=method).render()
+        assert not re.search(r"\b(gamma|qmin|qmax)\b", text), text
 
 
 def test_default_min_and_max_step_are_not_passed():
@@ -294,7 +310,7 @@ def test_default_min_and_max_step_are_not_passed():
 @pytest.mark.parametrize(
     "options",
     [{"step_size": -1.0}, {"step_size": "0.1"}, {"first_step": 0}, {"max_num_steps": 1.5}, {"max_num_steps": True},
-     {"min_step": -1.0}, {"dfactor": 2.0}, {"ifactor": 0.5}, {"autojacvec": "magic"},
+     {"min_step": -1.0}, {"dfactor": 0.5}, {"ifactor": 2.0}, {"autojacvec": "magic"},
      {"step_size": 0.1, "first_step": 0.1}],
 )
 def test_bad_option_values(options):
@@ -392,10 +408,30 @@ def test_autojacvec_choices_for_julia_rhs(ajv, text):
 
 
 def test_python_rhs_only_gets_blackbox_vjps():
-    assert "autodiff = false, autojacvec = false" in sense(psg.GaussAdjoint(), autojacvec="finitediff")
+    # finitediff is fine for a parameter-free torch f (only d/du is differenced) ...
+    assert "autodiff = false, autojacvec = false" in sense(psg.GaussAdjoint(), autojacvec="finitediff", n_params=0)
     for ajv in ("enzyme", "reversediff", "tracker", "forwarddiff"):
         with pytest.raises(errors.UnsupportedSensitivityError, match="autojacvec"):
             sense(psg.GaussAdjoint(), autojacvec=ajv)
+
+
+@pytest.mark.parametrize("alg", [psg.GaussAdjoint(), psg.InterpolatingAdjoint(), psg.BacksolveAdjoint(), psg.QuadratureAdjoint()])
+def test_finitediff_is_refused_for_a_torch_rhs_with_parameters(alg):
+    # Issue 9 bug 6: finite differences perturb Julia's p, which a torch f never reads, so
+    # dL/dtheta would be exactly 0. Refused, with the alternatives named.
+    with pytest.raises(errors.UnsupportedSensitivityError, match="finitediff.*zero.*'zygote'"):
+        sense(alg, autojacvec="finitediff", n_params=3)
+    # A Julia f reads p, so finite differences in p are meaningful there.
+    assert "autojacvec = false" in sense(alg, python_rhs=False, autojacvec="finitediff", n_params=3)
+
+
+def test_finitediff_refusal_reaches_the_plan():
+    net = torch.nn.Linear(2, 2).double()
+    prob = problem(func=lambda t, y: net(y), params=list(net.parameters()), options={"autojacvec": "finitediff"},
+                   sensealg=psg.GaussAdjoint())
+    with pytest.raises(errors.UnsupportedSensitivityError, match="finitediff"):
+        tr.make_plan(prob, need_grad=True)
+    assert tr.make_plan(prob, need_grad=False).sensealg is None  # no gradient, nothing to refuse
 
 
 def test_bad_forwarddiff_chunk_size():
@@ -523,3 +559,13 @@ def test_importing_the_backend_does_not_import_juliacall():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("alg, warns", [(psg.InterpolatingAdjoint(), True), (psg.BacksolveAdjoint(), True),
+                                        (psg.GaussAdjoint(), False), (psg.QuadratureAdjoint(), False)])
+def test_stiff_method_with_a_torch_rhs_steers_to_gauss_or_quadrature(alg, warns, recwarn):
+    tr.make_plan(problem(method="Rodas5P", sensealg=alg), need_grad=True)
+    hits = [w for w in recwarn if issubclass(w.category, tr.JuliaPerformanceWarning)]
+    assert bool(hits) is warns
+    if warns:
+        assert "GaussAdjoint() or QuadratureAdjoint()" in str(hits[0].message)

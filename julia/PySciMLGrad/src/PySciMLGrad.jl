@@ -8,7 +8,8 @@ pullback that maps dL/d(saved states) to (dL/du0, dL/dp) with a SciMLSensitivity
 Python calls (through juliacall):
 
   - `compile_rhs(src)`: Julia source of f -> a compiled right-hand side;
-  - `PyRHS(f, vjp)`: a right-hand side implemented by Python callbacks;
+  - `reverse_time(rhs)`: the same right-hand side in s = -t (decreasing save times);
+  - `PyRHS(forward, pullback)`: a right-hand side implemented by Python callbacks;
   - `solve_forward(rhs, u0, p, ts, alg, opts, grid)` -> `(ys, stats)`;
   - `solve_with_pullback(rhs, u0, p, ts, alg, sensealg, opts, grid)` -> `(ys, stats, handle)`;
   - `apply_pullback(handle, dL_dys)` -> `(dL_du0, dL_dp)`.
@@ -59,10 +60,10 @@ using SciMLSensitivity:
     ZygoteVJP
 using Zygote: Zygote
 
-export PyRHS, apply_pullback, compile_rhs, solve_forward, solve_with_pullback
+export PyRHS, apply_pullback, compile_rhs, reverse_time, solve_forward, solve_with_pullback
 
 """Version of the Python <-> Julia calling convention; Python refuses a mismatch."""
-const PROTOCOL_VERSION = 1
+const PROTOCOL_VERSION = 2
 
 include("errors.jl")
 include("build.jl")

@@ -65,11 +65,16 @@ concatenation of `sol.u` along a new last axis for device arrays (stays on the d
 dense(sol, ::Array) = Array(sol)
 dense(sol, u0::AbstractArray) = cat(sol.u...; dims = ndims(u0) + 1)
 
-"""A plain dense array for a gradient Zygote returned (it may be a lazy reshape or `nothing`)."""
+"""
+A plain dense array for a gradient Zygote returned (it may be a lazy reshape or `nothing`).
+`copyto!(similar(like), x)` rather than `collect(x)`: `collect` of a lazy wrapper around a
+`CuArray` indexes it element by element (scalar indexing), `copyto!` into a device array
+of `like`'s type broadcasts.
+"""
 materialize(x::DenseArray, like) = x
 materialize(::Nothing, like) = zero(like)
 materialize(::AbstractZero, like) = zero(like)
-materialize(x::AbstractArray, like) = collect(x)
+materialize(x::AbstractArray, like) = copyto!(similar(like, eltype(x), size(x)), x)
 
 """
     call_without_gc(f, args...)

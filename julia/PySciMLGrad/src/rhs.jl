@@ -48,12 +48,18 @@ function compile_rhs(src::AbstractString)
 end
 
 """
-    PyRHS(f, vjp)
+    PyRHS(forward, pullback)
 
 A right-hand side implemented in Python (a torch function or `nn.Module`):
 
-  - `f(du, u, t)` fills `du` with f(u, t);
-  - `vjp(vu, vp, u, t, v)` fills `vu` with vᵀ ∂f/∂u and `vp` with vᵀ ∂f/∂p.
+  - `forward(du, u, t)` fills `du` with f(u, t);
+  - `pullback(vu, vp, u, t, v)` fills `vu` with vᵀ ∂f/∂u and `vp` with vᵀ ∂f/∂p.
+
+The field names avoid every name SciMLBase's `ODEFunction` constructor looks for on the
+function object (`vjp`, `jac`, `paramjac`, ...: `__has_vjp(f) = hasfield(typeof(f), :vjp)`
+in scimlfunctions.jl): a field called `vjp` is copied into the ODEFunction's `vjp` slot,
+and SciMLSensitivity >= 7.97 then calls it as `f.vjp(λ, y, p, t)` instead of reaching
+the rrule below. The list is in UPSTREAM.md and a test checks every struct here.
 
 It is called out-of-place, `du = r(u, p, t)`, the form SciMLSensitivity's `ZygoteVJP`
 differentiates (`Zygote.pullback` of `vec(f(u, p, t))`). Zygote cannot look inside a
@@ -62,8 +68,8 @@ vector-Jacobian product (torch.autograd). Python ignores the values in `p` (its 
 hold them); `p` is the slot that receives dL/dp.
 """
 struct PyRHS
-    f::Py
-    vjp::Py
+    py_forward::Py
+    py_pullback::Py
 end
 
 # Python receives views of these buffers; a non-strided array would not be a view.
@@ -76,7 +82,7 @@ function (r::PyRHS)(u, p, t)
     du = similar(u)
     uc = contiguous(u)
     device_synchronize(uc)
-    r.f(to_python(du), to_python(uc), Float64(t))
+    r.py_forward(to_python(du), to_python(uc), Float64(t))
     return du
 end
 
@@ -93,11 +99,46 @@ function ChainRulesCore.rrule(r::PyRHS, u, p, t)
         vu = similar(u_saved)
         vp = similar(p)
         device_synchronize(v)
-        r.vjp(to_python(vu), to_python(vp), to_python(u_saved), Float64(t), to_python(v))
+        r.py_pullback(
+            to_python(vu),
+            to_python(vp),
+            to_python(u_saved),
+            Float64(t),
+            to_python(v),
+        )
         return (NoTangent(), vu, vp, NoTangent())
     end
     return du, pyrhs_pullback
 end
+
+"""
+    TimeReversed(rhs)
+
+`rhs` in the time s = -t: `g(u, p, s) = -f(u, p, -s)` (or in place, `du = -f(-s)`).
+If u(t) solves du/dt = f then v(s) = u(-s) solves dv/ds = g, so Python hands a
+decreasing `t` over as the increasing `s = -t` with the same states, u0 and p
+(`translate.julia_save_times`). SciMLSensitivity's adjoints return `sort(saveat)`
+(concrete_solve.jl), which for a decreasing span would be the reversed order.
+"""
+struct TimeReversed{F}
+    rhs::F
+end
+
+(r::TimeReversed)(u, p, s) = -r.rhs(u, p, -s)
+
+function (r::TimeReversed)(du, u, p, s)
+    r.rhs(du, u, p, -s)
+    du .= .-du
+    return nothing
+end
+
+"""
+    reverse_time(rhs)
+
+The same right-hand side in the time s = -t (see `TimeReversed`). A Python f is
+reversed on the Python side (`callbacks.time_reversed`), so only Julia source comes here.
+"""
+reverse_time(c::CompiledRHS) = CompiledRHS(TimeReversed(c.f), c.iip)
 
 """
     odefunction(rhs)

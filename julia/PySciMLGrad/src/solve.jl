@@ -50,12 +50,16 @@ function stats_tuple(sol)
     return (field(:nf), field(:naccept), field(:nreject))
 end
 
-retcode_string(sol) = hasproperty(sol, :retcode) ? string(sol.retcode) : "Default"
+"""`(successful, code)`: SciML's own test of success (`SciMLBase.successful_retcode`, which
+also accepts e.g. `StalledSuccess`), and the code as text for the error message."""
+function retcode_info(sol)
+    ok = SciMLBase.successful_retcode(sol)
+    return (ok, last(split(string(sol.retcode), '.')))
+end
 
-function check_solution(retcode::String, ys, ts)
-    # ReturnCode values print as e.g. "Success" or "ReturnCode.Success".
-    code = last(split(retcode, '.'))
-    code in ("Success", "Default", "Terminated") || throw(PSGError("solver", code))
+function check_solution(retcode, ys, ts)
+    ok, code = retcode
+    ok || throw(PSGError("solver", code))
     size(ys)[end] == length(ts) ||
         invalid("the solver saved $(size(ys)[end]) states for $(length(ts)) save times")
     return nothing
@@ -71,7 +75,7 @@ function solve_forward(rhs, u0_in, p_in, ts_in, alg_src, opts_src, grid::Bool)
     s = setup(rhs, u0_in, p_in, ts_in, alg_src, opts_src, grid)
     sol = solve(s.prob, s.alg; s.kwargs...)
     ys = dense(sol, s.u0)
-    check_solution(retcode_string(sol), ys, s.ts)
+    check_solution(retcode_info(sol), ys, s.ts)
     device_synchronize(ys)
     return (to_python(ys), stats_tuple(sol))
 end
@@ -143,12 +147,12 @@ function solve_with_pullback(
     s = setup(rhs, u0_in, p_in, ts_in, alg_src, opts_src, grid)
     sensealg = build(sensealg_src)
     check_combination(rhs, sensealg, s.u0)
-    info = Ref{Any}(((-1, -1, -1), "Default"))
+    info = Ref{Any}(((-1, -1, -1), (false, "unknown")))
     prob, alg, kwargs = s.prob, s.alg, s.kwargs
     ys, back = Zygote.pullback(s.u0, s.p) do u0_, p_
         sol = solve(prob, alg; u0 = u0_, p = p_, sensealg = sensealg, kwargs...)
         ignore_derivatives() do
-            info[] = (stats_tuple(sol), retcode_string(sol))
+            info[] = (stats_tuple(sol), retcode_info(sol))
         end
         dense(sol, u0_)
     end

@@ -119,6 +119,21 @@ class TorchRHSCallbacks:
             raise
 
 
+def time_reversed(func: Callable) -> Callable:
+    """g(s, y) = -func(-s, y): the right-hand side in the time s = -t.
+
+    If y(t) solves dy/dt = f(t, y) then v(s) = y(-s) solves dv/ds = -f(-s, v), so a
+    decreasing ``t`` becomes the increasing ``s = -t`` with the same states (see
+    ``translate.julia_save_times``). torch.autograd differentiates through the two
+    negations, so the vector-Jacobian products ``vjp`` returns are those of g.
+    """
+
+    def g(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -func(-s, y)
+
+    return g
+
+
 def flat_parameters(params: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """All parameters flattened (row-major) and concatenated: Julia's ``p``.
 

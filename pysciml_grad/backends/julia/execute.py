@@ -23,7 +23,7 @@ import torch
 from ... import bridge
 from ...errors import BackendUnavailableError, SolverError, UnsupportedSensitivityError
 from . import runtime, translate
-from .callbacks import TorchRHSCallbacks, flat_parameters, split_parameter_gradient
+from .callbacks import TorchRHSCallbacks, flat_parameters, split_parameter_gradient, time_reversed
 
 
 class JuliaRunner:
@@ -51,11 +51,17 @@ class JuliaRunner:
                 # Its own Julia call: what `compile_rhs` defines can only be called from a
                 # later top-level call (Julia's world age).
                 func._compiled[key] = self._call(jl.compile_rhs, func.source, where="compilation of the JuliaRHS")
-            return func._compiled[key]
+            compiled = func._compiled[key]
+            # Decreasing t: Julia integrates du/ds = -f(u, p, -s) (translate.julia_save_times).
+            return jl.reverse_time(compiled) if self.plan.time_reversed else compiled
         y0 = self.problem.y0
         shape = self.plan.state_shape if self.plan.state_shape else (1,)
+        if not self.plan.state_shape:
+            func = _reshaping(func, self.plan.state_shape)
+        if self.plan.time_reversed:
+            func = time_reversed(func)
         self.callbacks = TorchRHSCallbacks(
-            _reshaping(func, self.plan.state_shape) if not self.plan.state_shape else func,
+            func,
             self.problem.params,
             shape,
             y0.dtype,

@@ -41,7 +41,7 @@ JULIAPKG_JSON = os.path.join(HERE, "juliapkg.json")
 JULIA_PACKAGE = "PySciMLGrad"
 #: Bumped whenever the Python <-> Julia calling convention changes; the Julia package
 #: exports the same number, and a mismatch means a stale install.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 ENV_AUTOINSTALL = "PYSCIML_GRAD_JULIA_AUTOINSTALL"
 INSTALL_COMMAND = "python -m pysciml_grad julia install"
@@ -55,7 +55,7 @@ CUDA_HINT = f"For CUDA tensors install the GPU packages once with `{INSTALL_COMM
 # Optional GPU packages, added to the environment only by install(cuda=True).
 CUDA_PACKAGES = {
     "CUDA": {"uuid": "052768ef-5323-5732-b1bb-66c8b64840ba", "version": "5"},
-    "DLPack": {"uuid": "53c2dc0f-f7d5-43fd-8906-6c0220547083"},
+    "DLPack": {"uuid": "53c2dc0f-f7d5-43fd-8906-6c0220547083", "version": "0.3.1"},
 }
 
 

@@ -19,8 +19,12 @@ sensealgs   BacksolveAdjoint -> BacksolveAdjoint(checkpointing=true),
             ForwardDiffSensitivity -> ForwardDiffSensitivity(chunk_size) (JuliaRHS),
             CheckpointAdjoint -> UnsupportedSensitivityError (no SciML equivalent).
 options     step_size -> dt + adaptive=false, first_step -> dt, min_step -> dtmin,
-            max_step -> dtmax, max_num_steps -> maxiters, safety/ifactor/dfactor ->
-            gamma/qmax/qmin, autojacvec -> the adjoint's vector-Jacobian product.
+            max_step -> dtmax, max_num_steps -> maxiters, autojacvec -> the adjoint's
+            vector-Jacobian product; safety/ifactor/dfactor are refused (controller
+            objects in OrdinaryDiffEq v7, see ``CONTROLLER_OPTIONS``).
+time        decreasing ``t`` is solved as the increasing problem in s = -t,
+            du/ds = -f(u, -s) (``Plan.time_reversed``): SciMLSensitivity's adjoints
+            return ``sort(saveat)``, which for a decreasing span is the reversed order.
 """
 
 from __future__ import annotations
@@ -241,6 +245,21 @@ VALID_OPTIONS = (
     "step_size",
 )
 
+#: Step-size controller knobs of the torch engine. OrdinaryDiffEq v7 no longer takes
+#: them as ``solve`` keywords (``gamma``/``qmax``/``qmin`` raise ``CommonKwargError``);
+#: they live on the controller object, ``PIController(alg; gamma, qmin, qmax)``
+#: (OrdinaryDiffEq NEWS.md "Controller refactor"; UPSTREAM.md). Replacing an
+#: algorithm's default controller (not PI for every method) would change more than the
+#: knob asked for, so the Julia engine refuses them rather than guess.
+CONTROLLER_OPTIONS = ("safety", "ifactor", "dfactor")
+
+_CONTROLLER_REFUSAL = (
+    "{names} cannot be passed to the Julia engine: OrdinaryDiffEq v7 sets the safety factor and "
+    "the step growth/shrink limits on each algorithm's step-size controller object, not as solve "
+    "keywords, and this engine keeps SciML's default controller. Drop the option (SciML's defaults "
+    "apply), or use backend='torch', where safety/ifactor/dfactor are supported"
+)
+
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.
 AUTOJACVEC = {
     "auto": None,  # SciMLSensitivity's automatic choice (Julia f) / ZygoteVJP (Python f)
@@ -340,14 +359,9 @@ def translate_options(
     if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
         raise InvalidProblemError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps!r}")
     kwargs["maxiters"] = max_num_steps
-    # Step-size controller: SciML's gamma (safety), qmax (growth cap), qmin (shrink cap).
-    for ours_name, sciml in (("safety", "gamma"), ("ifactor", "qmax"), ("dfactor", "qmin")):
-        if ours_name in options:
-            kwargs[sciml] = _positive(options, ours_name)
-    if "dfactor" in options and kwargs["qmin"] > 1:
-        raise InvalidProblemError(f"options['dfactor'] must be <= 1, got {options['dfactor']!r}")
-    if "ifactor" in options and kwargs["qmax"] < 1:
-        raise InvalidProblemError(f"options['ifactor'] must be >= 1, got {options['ifactor']!r}")
+    controller = sorted(set(options) & set(CONTROLLER_OPTIONS))
+    if controller:
+        raise UnknownOptionError(_CONTROLLER_REFUSAL.format(names=", ".join(f"options['{n}']" for n in controller)))
     autojacvec = options.get("autojacvec", "auto")
     if autojacvec not in AUTOJACVEC:
         raise InvalidProblemError(f"options['autojacvec'] must be one of {list(AUTOJACVEC)}, got {autojacvec!r}")
@@ -376,7 +390,7 @@ _CHECKPOINT_ADVICE = (
 )
 
 
-def _vjp_kwargs(autojacvec: str, python_rhs: bool) -> Dict[str, Any]:
+def _vjp_kwargs(autojacvec: str, python_rhs: bool, n_params: int = 0) -> Dict[str, Any]:
     """Keywords selecting the adjoint's vector-Jacobian product of f.
 
     Python f: ``ZygoteVJP`` differentiates ``f(u, p, t)`` with Zygote, which hits the
@@ -388,6 +402,15 @@ def _vjp_kwargs(autojacvec: str, python_rhs: bool) -> Dict[str, Any]:
         raise UnsupportedSensitivityError(
             f"options['autojacvec']={autojacvec!r} needs f written in Julia (it traces or pushes dual "
             f"numbers through f); with a Python/torch right-hand side use one of {list(PYTHON_RHS_AUTOJACVEC)}"
+        )
+    if autojacvec == "finitediff" and python_rhs and n_params > 0:
+        # Finite differences perturb the parameter vector p, but a torch f reads its own
+        # tensors, not p: every difference quotient in p would be exactly 0, so dL/dtheta = 0.
+        raise UnsupportedSensitivityError(
+            "options['autojacvec']='finitediff' cannot differentiate the parameters of a Python/torch "
+            "right-hand side: finite differences perturb Julia's parameter vector, which a torch f never "
+            "reads, so dL/dtheta would come out as zero. Use autojacvec='auto' or 'zygote' (torch.autograd "
+            "through the PyRHS rrule), or write f as psg.julia.JuliaRHS(...)"
         )
     if autojacvec == "finitediff":
         return {"autodiff": False, "autojacvec": False}
@@ -421,6 +444,7 @@ def translate_sensealg(
     rtol: float = 1e-7,
     atol: float = 1e-9,
     method: str = "",
+    n_params: int = 0,
 ) -> JuliaCall:
     """The SciMLSensitivity object for our sensealg, or a clear error saying why not."""
     if isinstance(sensealg, CheckpointAdjoint):
@@ -444,7 +468,7 @@ def translate_sensealg(
                 f"{device} use InterpolatingAdjoint/GaussAdjoint/BacksolveAdjoint or ForwardDiffSensitivity()"
             )
         return JuliaCall.of("ReverseDiffAdjoint")
-    vjp = _vjp_kwargs(autojacvec, python_rhs)
+    vjp = _vjp_kwargs(autojacvec, python_rhs, n_params)
     if isinstance(sensealg, BacksolveAdjoint):
         _no_separate_adjoint_settings(sensealg, rtol, atol, method)
         # checkpointing=true (SciML's default): re-anchor the reverse state at the saved
@@ -558,6 +582,47 @@ class Plan:
     julia_shape: Tuple[int, ...]
     n_params: int
     save_times: Tuple[float, ...] = field(repr=False, default=())
+    time_reversed: bool = False
+
+
+def julia_save_times(t: Sequence[float]) -> Tuple[float, ...]:
+    """The save times Julia integrates over: ``t`` itself when increasing, ``-t`` when
+    decreasing.
+
+    For a decreasing ``t`` the problem is handed over in the time s = -t: u(s) solves
+    du/ds = -f(u, -s) from s = -t0, an increasing span whose save times ``-t_k`` are
+    already sorted. SciMLSensitivity's continuous adjoints (Backsolve, Interpolating,
+    Quadrature, Gauss) and ReverseDiffAdjoint return their states at ``sort(saveat)``
+    (src/concrete_solve.jl, ``_saveat = saveat isa Array ? sort(saveat) : saveat``), i.e.
+    reversed for a decreasing span, while a plain solve returns them in ``saveat`` order;
+    the change of variable makes every method see the one case they all agree on. States at s_k = -t_k are the states at t_k, and u0, p are unchanged, so
+    dL/du0 and dL/dp are those of the original problem.
+    """
+    t = tuple(float(x) for x in t)
+    return tuple(-x for x in t) if len(t) >= 2 and t[-1] < t[0] else t
+
+
+class JuliaPerformanceWarning(UserWarning):
+    """A combination that works but costs far more than an equivalent one."""
+
+
+def warn_dense_adjoint_jacobian(spec: MethodSpec, sensealg: JuliaCall, python_rhs: bool, method: str) -> None:
+    """Stiff method + Interpolating/Backsolve adjoint + torch f: the implicit adjoint solve
+    builds the Jacobian of the augmented adjoint system (state, adjoint and parameter
+    quadrature, size ~N+P or 2N+P) by finite differences of f, ~N+P Python calls per
+    Jacobian, and factorises it densely. Gauss/Quadrature adjoints integrate only the
+    N adjoint states and compute dL/dp by quadrature."""
+    if python_rhs and spec.stiff and sensealg.name in ("InterpolatingAdjoint", "BacksolveAdjoint"):
+        import warnings
+
+        warnings.warn(
+            f"method={method!r} is implicit: with {sensealg.name} and a torch right-hand side the adjoint "
+            "solve builds a dense finite-difference Jacobian of size (state + parameters)^2 at every "
+            "Jacobian update. GaussAdjoint() or QuadratureAdjoint() keep the implicit adjoint system at the "
+            "size of the state",
+            JuliaPerformanceWarning,
+            stacklevel=3,
+        )
 
 
 def is_julia_rhs(func: Any) -> bool:
@@ -573,8 +638,11 @@ def make_plan(problem: Any, need_grad: bool) -> Plan:
     check_dtype_device(dtype, device)
     spec = lookup_method(problem.method)
     t = tuple(float(x) for x in problem.t.detach().double().cpu().tolist())
-    opts = translate_options(problem.options, problem.method, spec, t, problem.rtol, problem.atol)
+    reversed_t = len(t) >= 2 and t[-1] < t[0]
+    save_times = julia_save_times(t)
+    opts = translate_options(problem.options, problem.method, spec, save_times, problem.rtol, problem.atol)
     python_rhs = not is_julia_rhs(problem.func)
+    n_params = sum(int(p.numel()) for p in problem.params)
     sensealg = None
     if need_grad:
         sensealg = translate_sensealg(
@@ -585,8 +653,9 @@ def make_plan(problem: Any, need_grad: bool) -> Plan:
             rtol=problem.rtol,
             atol=problem.atol,
             method=problem.method,
+            n_params=n_params,
         )
-    n_params = sum(int(p.numel()) for p in problem.params)
+        warn_dense_adjoint_jacobian(spec, sensealg, python_rhs, problem.method)
     return Plan(
         method=problem.method,
         spec=spec,
@@ -599,7 +668,8 @@ def make_plan(problem: Any, need_grad: bool) -> Plan:
         state_shape=tuple(y0.shape),
         julia_shape=julia_state_shape(y0.shape),
         n_params=n_params,
-        save_times=t,
+        save_times=save_times,
+        time_reversed=reversed_t,
     )
 
 
@@ -617,6 +687,9 @@ __all__ = [
     "error_for_julia",
     "error_for_retcode",
     "julia_literal",
+    "julia_save_times",
+    "JuliaPerformanceWarning",
+    "CONTROLLER_OPTIONS",
     "julia_state_shape",
     "lookup_method",
     "make_plan",
