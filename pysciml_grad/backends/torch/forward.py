@@ -82,17 +82,23 @@ def forward_solve(
     t_save: Optional[Sequence[Union[float, torch.Tensor]]] = None,
     y0: Optional[torch.Tensor] = None,
     stats: Optional[SolveStats] = None,
+    f0: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Integrate ``problem`` and return the stacked states at the save times.
 
     Graph building follows the ambient ``torch.is_grad_enabled()``; with
     ``differentiate_control`` step sizes and times stay tensors in that graph.
+    ``f0``: func(t0, y0) when the caller has evaluated it already (the adjoints'
+    discovery evaluation, ``discover.py``); it is counted, not recomputed.
     """
     y0 = problem.y0 if y0 is None else y0
     if t_save is None:
         t_save = save_times(problem, differentiate_control)
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
-    f0 = rhs(t_save[0], y0)
+    if f0 is None:
+        f0 = rhs(t_save[0], y0)
+    else:
+        rhs.nfe += 1
     check_rhs_output(f0, y0, as_float(t_save[0]))
     counters = Counters()
     if method.adaptive:

@@ -35,7 +35,7 @@ import torch
 from ....errors import GradientAccuracyWarning
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
-from .common import apply, check_incoming, needs_gradient, reject_double_backward, reject_time_gradient, scatter, trainable
+from .common import check_incoming, reject_double_backward, reject_time_gradient, run, scatter, trainable
 from .continuous import AdjointRHS, BackwardSolver, adjoint_settings, block_sizes, split_flat
 
 NAME = "BacksolveAdjoint"
@@ -60,17 +60,26 @@ class BacksolveStrategy:
             "the forward trajectory); use sensealg=psg.CheckpointAdjoint() or psg.InterpolatingAdjoint(). ",
         )
         self.ts = save_times(problem, False)
+        self.discovery = None
+        self.f0 = None
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         return forward_solve(self.problem, self.method, self.opts, differentiate_control=False,
-                             t_save=self.ts, y0=y0, stats=self.stats)
+                             t_save=self.ts, y0=y0, stats=self.stats, f0=self.f0)
+
+    def free(self) -> None:
+        """Nothing beyond the output (an autograd saved tensor) is kept."""
+        self.f0 = None
+
+    def record_nbytes(self) -> int:
+        return 0
 
     def backward(self, grad_ys, y0, t, params, needs, ys):
         reject_double_backward(NAME)
         check_incoming(grad_ys, self.ts, NAME)
         idx = trainable(params, needs[2:])
         ps = [params[i] for i in idx]
-        rhs = AdjointRHS(self.problem.func, y0, ps)
+        rhs = AdjointRHS(self.problem.func, y0, ps, known=params, name=NAME)
         n = y0.numel()
         blocks = block_sizes([n, n, sum(p.numel() for p in ps)])
         y, a = ys[-1].reshape(-1), grad_ys[-1].reshape(-1)
@@ -106,8 +115,4 @@ class BacksolveStrategy:
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
     reject_time_gradient(problem, NAME)
-    strategy = BacksolveStrategy(problem, stats)
-    if not needs_gradient(problem):
-        with torch.no_grad():
-            return strategy.forward(problem.y0)
-    return apply(strategy, problem)
+    return run(BacksolveStrategy(problem, stats), problem, NAME, replays_randomness=False)

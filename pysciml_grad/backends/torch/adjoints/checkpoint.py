@@ -39,6 +39,8 @@ are exact for the same discrete map.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -47,7 +49,8 @@ from ....errors import InvalidProblemError
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
-from .common import apply, check_incoming, needs_gradient, nonfinite_adjoint, scatter, trainable, vjp
+from ..discover import Watch, check_graph, rng_state, set_rng_state
+from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
 
@@ -73,6 +76,9 @@ class CheckpointStrategy:
         self.steps: List[StepMeta] = []
         self.ts: List[float] = []
         self.store: Optional[OnlineThinning] = None
+        self.discovery = None
+        self.f0: Optional[torch.Tensor] = None
+        self.rng: Optional[RNGRecord] = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
@@ -81,17 +87,49 @@ class CheckpointStrategy:
         self.store = OnlineThinning(capacity)
         self.steps = []
 
+        problem = self.problem
+        found = self.discovery
+        if found is not None and found.random:
+            self.rng = RNGRecord(problem.func, found.devices, self.f0, found.rng_before)
+            problem = replace(problem, func=self.rng)
+
         def record(s: AcceptedStep) -> None:
             n = len(self.steps)
             self.steps.append(StepMeta(float(s.t), float(s.h), [(i, float(th)) for i, th in s.saves]))
             y = s.y.detach()
             state = (None if s.y_prev is None else s.y_prev.detach(), y) if self.leapfrog else (y,)
             self.store.offer(n, state)
+            if self.rng is not None:
+                self.rng.accepted(s.ks)
 
-        return forward_solve(
-            self.problem, self.method, self.opts, differentiate_control=False, record=record,
-            t_save=self.ts, y0=y0, stats=self.stats,
+        ys = forward_solve(
+            problem, self.method, self.opts, differentiate_control=False, record=record,
+            t_save=self.ts, y0=y0, stats=self.stats, f0=self.f0,
         )
+        if self.rng is not None:
+            self.rng.close()
+        return ys
+
+    def free(self) -> None:
+        """Drop the forward record (autograd has released this solve's graph)."""
+        self.store = None
+        self.steps = []
+        self.rng = None
+        self.f0 = None
+
+    def record_nbytes(self) -> int:
+        """Bytes of tensors held by the forward record (checkpoints, generator states)."""
+        held = [x for st in (self.store.states.values() if self.store is not None else ()) for x in st if x is not None]
+        if self.rng is not None:
+            held += [x for per_step in self.rng.states for st in per_step if st is not None for x in st]
+        return sum(x.numel() * x.element_size() for x in held)
+
+    def _replay_rhs(self, n: int, rhs):
+        """``rhs`` for replaying step n: with a random func, each evaluation that started a
+        run of consecutive draws in the forward gets that run's generator state back."""
+        if self.rng is None:
+            return rhs
+        return self.rng.replay(n, rhs, 1 if self.leapfrog else len(self.tab.c))
 
     # ------------------------------------------------------------ step times
     def times(self, n: int, tv: Optional[torch.Tensor]) -> Tuple[Scalar, Scalar, Scalar, List[int], List[Tuple[int, Scalar]]]:
@@ -138,7 +176,7 @@ class CheckpointStrategy:
         if torch.is_grad_enabled():
             out = self._backward_differentiable(rhs, grad_ys, y0, t, ps, needs, want_t)
         else:
-            out = self._backward(rhs, grad_ys, y0, t, ps, want_t)
+            out = self._backward(rhs, grad_ys, y0, t, ps, want_t, params)
         self.stats.nfe_backward += rhs.nfe
         g_y0, g_t, g_ps = out
         return g_y0, g_t, scatter(len(params), idx, g_ps)
@@ -147,11 +185,11 @@ class CheckpointStrategy:
         def advance(n: int, state):
             t_n, h, t_next, _, _ = self.times(n, None)
             with torch.no_grad():
-                return step(rhs, self.tab, self.short_tab, t_n, h, t_next, state)[0]
+                return step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, state)[0]
 
         return advance
 
-    def _backward(self, rhs, grad_ys, y0, t, ps, want_t):
+    def _backward(self, rhs, grad_ys, y0, t, ps, want_t, all_params):
         N = len(self.steps)
         tv = t.detach().to(y0.dtype).requires_grad_(True) if want_t else None
         zeros = torch.zeros_like(y0)
@@ -167,9 +205,15 @@ class CheckpointStrategy:
                 for i in endpoint:
                     a_next = a_next + grad_ys[i]
                 inp = tuple(None if x is None else x.detach().requires_grad_(True) for x in state)
-                nxt, values, _ = step(rhs, self.tab, self.short_tab, t_n, h, t_next, inp, [th for _, th in dense])
+                watch = Watch([]) if count == 0 else contextlib.nullcontext()
+                with watch:
+                    nxt, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, inp,
+                                          [th for _, th in dense])
                 state_in = [x for x in inp if x is not None]
                 extra = [tv] if tv is not None else []
+                if count == 0:
+                    # Once per backward: a tensor func reads only at later times is not an input.
+                    check_graph([nxt[-1], *values], state_in + list(all_params) + extra, NAME, watch)
                 grads = vjp([nxt[-1], *values], state_in + ps + extra, [a_next, *(grad_ys[i] for i, _ in dense)])
             gs = grads[: len(state_in)]
             if self.leapfrog:
@@ -200,7 +244,8 @@ class CheckpointStrategy:
         outs[0] = y0
         for n in range(len(self.steps)):
             t_n, h, t_next, endpoint, dense = self.times(n, tv)
-            state, values, _ = step(rhs, self.tab, self.short_tab, t_n, h, t_next, state, [th for _, th in dense])
+            state, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, state,
+                                    [th for _, th in dense])
             for i in endpoint:
                 outs[i] = state[-1]
             for (i, _), v in zip(dense, values):
@@ -214,9 +259,60 @@ class CheckpointStrategy:
         return g_y0, g_t, grads
 
 
+class RNGRecord:
+    """Generator states of a random ``func`` (dropout in ``train()``), so replays draw the
+    forward's random numbers (``torch.utils.checkpoint``'s ``preserve_rng_state``).
+
+    Wraps ``func`` in the forward solve and notes the state before every evaluation.
+    Within a step the stages are evaluated back to back, so per accepted step three
+    states suffice: before its first stage f(t_n, y_n) (evaluated earlier: at the end
+    of the previous step, or as the discovery's f0), before its second stage (rejected
+    trials may have drawn in between), and before the dense-output evaluation
+    f(t_{n+1}, y_{n+1}) when there was one (non-FSAL methods serving a save inside the step).
+    Evaluations are matched to stages by the identity of the tensor they returned.
+    """
+
+    def __init__(self, func, devices, f0, f0_state):
+        self.func = func
+        self.devices = devices
+        self.log = {id(f0): (f0, f0_state)}
+        self.last: Optional[int] = None
+        self.states: List[Tuple] = []  # per accepted step: (first, second, dense-output) state
+
+    def __call__(self, t, y):
+        state = rng_state(self.devices)
+        out = self.func(t, y)
+        self.log[id(out)] = (out, state)  # the output is held, so its id is not reused
+        self.last = id(out)
+        return out
+
+    def accepted(self, ks) -> None:
+        ids = {id(k) for k in ks}
+        first = self.log[id(ks[0])][1]
+        second = self.log[id(ks[1])][1] if len(ks) > 1 else None
+        dense = self.log[self.last][1] if self.last is not None and self.last not in ids else None
+        self.states.append((first, second, dense))
+        # What a later step can still need: the last evaluation (the next step's first stage).
+        self.log = {self.last: self.log[self.last]} if self.last in self.log else {}
+
+    def close(self) -> None:
+        self.log = {}
+
+    def replay(self, n: int, rhs, n_stages: int):
+        first, second, dense = self.states[n]
+        at = {0: first, 1: second, n_stages: dense}
+        count = [0]
+        devices = self.devices
+
+        def replay_rhs(t, y):
+            state = at.get(count[0])
+            if state is not None:
+                set_rng_state(state, devices)
+            count[0] += 1
+            return rhs(t, y)
+
+        return replay_rhs
+
+
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
-    strategy = CheckpointStrategy(problem, stats)
-    if not needs_gradient(problem):
-        with torch.no_grad():
-            return forward_solve(problem, strategy.method, strategy.opts, differentiate_control=False, stats=stats)
-    return apply(strategy, problem)
+    return run(CheckpointStrategy(problem, stats), problem, NAME, replays_randomness=True)

@@ -8,18 +8,28 @@ A strategy (one per sensealg, in its own module) has two methods:
 * ``backward(grad_ys, y0, t, params, needs, ys) -> (dL/dy0, dL/dt, [dL/dparam])``,
   where ``ys`` is the output when the strategy sets ``needs_output = True`` (else None).
 
-``params`` are ``problem.params`` (the module's parameters and the user's ``params=``),
+``params`` are ``problem.params`` (the module's parameters and the user's ``params=``)
+plus every other tensor requiring grad that the first evaluation of ``func`` reads
+(``discover.py``: closures, bound methods, ``functools.partial``, ``W = base * 2``),
 passed to the Function as inputs so that autograd routes their gradients.
+
+A strategy also has ``free()`` (drop the forward record; called once autograd has
+released the Function's saved tensors) and the attributes ``discovery`` and ``f0``
+(set by :func:`run`).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import weakref
+from dataclasses import replace
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from ....errors import NonFiniteGradientError, UnsupportedSensitivityError
 from ....problem import ODEProblem
+from ..discover import Discovery, discover
+from ..forward import forward_solve
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -29,14 +39,35 @@ class _AdjointFunction(torch.autograd.Function):
         ctx.strategy = strategy
         # Outputs go through save_for_backward (never onto ctx: a reference cycle).
         keep = ys if getattr(strategy, "needs_output", False) else None
-        ctx.save_for_backward(y0, t, keep, *params)
+        # The forward record (checkpoints, stored stages) lives on the strategy. autograd
+        # frees saved tensors after a backward without retain_graph=True, so a token saved
+        # here dies then, and with it the record: a loss kept alive afterwards
+        # (history.append(loss)) no longer keeps the record alive.
+        token = torch.empty(0)
+        weakref.finalize(token, strategy.free)
+        ctx.save_for_backward(y0, t, keep, token, *params)
         return ys
 
     @staticmethod
     def backward(ctx, grad_ys):  # type: ignore[override]
-        y0, t, ys, *params = ctx.saved_tensors
+        y0, t, ys, _token, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
-        g_y0, g_t, g_params = ctx.strategy.backward(grad_ys, y0, t, tuple(params), needs, ys)
+        strategy = ctx.strategy
+        found = strategy.discovery
+        # Replays run func again: BatchNorm-style buffers it updates in place must end as
+        # the forward left them, and the user's random stream must not move.
+        saved = [b.detach().clone() for b in found.mutated] if found is not None else []
+        try:
+            if found is not None and found.random:
+                with torch.random.fork_rng(devices=found.devices):
+                    out = strategy.backward(grad_ys, y0, t, tuple(params), needs, ys)
+            else:
+                out = strategy.backward(grad_ys, y0, t, tuple(params), needs, ys)
+        finally:
+            with torch.no_grad():
+                for b, v in zip(found.mutated if found is not None else (), saved):
+                    b.copy_(v)
+        g_y0, g_t, g_params = out
         return (None, g_y0 if needs[0] else None, g_t if needs[1] else None, *g_params)
 
 
@@ -47,8 +78,49 @@ def needs_gradient(problem: ODEProblem) -> bool:
     return problem.y0.requires_grad or problem.t.requires_grad or any(p.requires_grad for p in problem.params)
 
 
-def apply(strategy, problem: ODEProblem) -> torch.Tensor:
+def with_discovered_inputs(problem: ODEProblem) -> Tuple[ODEProblem, Optional[Discovery]]:
+    """``problem`` with every tensor func reads that requires grad among its params
+    (``discover.py``), and the discovery; unchanged (and None) when grad is off."""
+    if not torch.is_grad_enabled():
+        return problem, None
+    found = discover(problem.func, float(problem.t[0].detach()), problem.y0)
+    known = {id(p) for p in problem.params}
+    extra = tuple(x for x in found.tensors if id(x) not in known and x is not problem.y0 and x is not problem.t)
+    return (replace(problem, params=problem.params + extra) if extra else problem), found
+
+
+def run(strategy, problem: ODEProblem, name: str, replays_randomness: bool) -> torch.Tensor:
+    """Discover func's inputs, then solve with ``strategy`` inside the adjoint Function
+    (or without a graph when nothing needs a gradient). The first evaluation is made
+    once, by the discovery, and handed to the forward solve."""
+    reject_functorch(name)
+    problem, found = with_discovered_inputs(problem)
+    strategy.discovery = found
+    f0 = None if found is None else found.f0
+    if not needs_gradient(problem):
+        with torch.no_grad():
+            return forward_solve(problem, strategy.method, strategy.opts, differentiate_control=False,
+                                 stats=strategy.stats, f0=f0)
+    if found.random and not replays_randomness:
+        raise UnsupportedSensitivityError(
+            f"{name}: func draws random numbers (e.g. dropout in train() mode), and a continuous "
+            "adjoint evaluates func at times the forward solve never visited, so its gradient would "
+            "mix different random masks. Use sensealg=psg.CheckpointAdjoint() or psg.DirectAD() "
+            "(both reproduce the forward's random numbers), or call model.eval() to switch dropout off."
+        )
+    strategy.f0 = f0
     return _AdjointFunction.apply(strategy, problem.y0, problem.t, *problem.params)
+
+
+def reject_functorch(name: str) -> None:
+    """The adjoint Functions keep a Python record between forward and backward, which
+    torch.func's transforms cannot trace; say so instead of torch's generic error."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise UnsupportedSensitivityError(
+            f"{name} cannot run under torch.func transforms (grad, vmap, jacrev, ...): its backward "
+            "pass replays a record kept outside autograd. Use sensealg=psg.DirectAD(), which is "
+            "plain autograd and works under torch.func, or call loss.backward() / torch.autograd.grad."
+        )
 
 
 def reject_time_gradient(problem: ODEProblem, name: str) -> None:

@@ -39,6 +39,7 @@ from ..forward import Method, lookup_method
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
 from ..tableaus import ButcherTableau
+from ..discover import Watch, check_graph
 from .common import nonfinite_adjoint, time_tensor, vjp
 from .replay import interpolate, step as replay_step
 from .schedule import OnlineThinning, sqrt_capacity
@@ -67,8 +68,13 @@ class AdjointRHS:
     """
 
     def __init__(self, func: Callable, y0: torch.Tensor, params: Sequence[torch.Tensor],
-                 trajectory: Optional["Trajectory"] = None, with_params: bool = True):
+                 trajectory: Optional["Trajectory"] = None, with_params: bool = True,
+                 known: Optional[Sequence[torch.Tensor]] = None, name: str = ""):
         self.func = func
+        # All of the Function's tensor inputs: the first evaluation's graph is checked
+        # for a tensor requiring grad outside them (``discover.check_graph``).
+        self.known = known
+        self.name = name
         self.shape = y0.shape
         self.n = y0.numel()
         self.params = list(params) if with_params else []
@@ -85,7 +91,13 @@ class AdjointRHS:
             y, a = self.trajectory(float(t)).reshape(-1), s[:n]
         with torch.enable_grad():
             yr = y.detach().view(self.shape).requires_grad_(True)
-            fy = self.func(tt, yr)
+            if self.known is not None:
+                with Watch([yr, tt]) as watch:
+                    fy = self.func(tt, yr)
+                check_graph([fy], [yr, tt, *self.known], self.name, watch)
+                self.known = None
+            else:
+                fy = self.func(tt, yr)
             grads = vjp([fy], [yr, *self.params], [a.view(self.shape)])
         parts = [fy.detach()] if self.trajectory is None else []
         parts += [-g for g in grads]
@@ -218,6 +230,14 @@ class Trajectory:
         self.y_end = y_end.detach().clone()  # not a view of the output the user may modify
         if self.checkpointing:
             self._starts = sorted(self.store.states)
+
+    def nbytes(self) -> int:
+        """Bytes of the stored states and stages."""
+        held = [x for st in self.steps for x in (st.y, *st.ks)]
+        if self.store is not None:
+            held += [x for st in self.store.states.values() for x in st if x is not None]
+        held += [x for steps, y in self._segments.values() for st in steps for x in (st.y, *st.ks)]
+        return sum(x.numel() * x.element_size() for x in held)
 
     @property
     def stored_states(self) -> int:

@@ -27,7 +27,7 @@ import torch
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import CountingRHS
-from .common import apply, check_incoming, needs_gradient, reject_double_backward, reject_time_gradient, scatter, trainable
+from .common import check_incoming, reject_double_backward, reject_time_gradient, run, scatter, trainable
 from .continuous import AdjointRHS, BackwardSolver, Trajectory, adjoint_settings, block_sizes, split_flat
 
 NAME = "InterpolatingAdjoint"
@@ -47,12 +47,22 @@ class InterpolatingStrategy:
         self.checkpointing = checkpointing
         self.ts = save_times(problem, False)
         self.trajectory = None
+        self.discovery = None
+        self.f0 = None
+
+    def free(self) -> None:
+        """Drop the stored states and stages (autograd has released this solve's graph)."""
+        self.trajectory = None
+        self.f0 = None
+
+    def record_nbytes(self) -> int:
+        return 0 if self.trajectory is None else self.trajectory.nbytes()
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         rhs = CountingRHS(self.problem.func, y0.dtype, y0.device)
         self.trajectory = Trajectory(self.method.tableau, rhs, self.problem.direction, self.checkpointing)
         ys = forward_solve(self.problem, self.method, self.opts, differentiate_control=False,
-                           record=self.trajectory.record, t_save=self.ts, y0=y0, stats=self.stats)
+                           record=self.trajectory.record, t_save=self.ts, y0=y0, stats=self.stats, f0=self.f0)
         self.trajectory.close(self.ts[-1], ys[-1])
         self.stats.extra["interpolating_stored_states"] = self.trajectory.stored_states
         return ys
@@ -69,7 +79,7 @@ class InterpolatingStrategy:
         idx, ps = self.begin_backward(grad_ys, params, needs)
         traj = self.trajectory
         nfe0, replayed0 = traj.rhs.nfe, traj.replayed_steps
-        rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj)
+        rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj, known=params, name=self.name)
         n, n_p = y0.numel(), sum(p.numel() for p in ps)
         blocks = block_sizes([n, n_p])
         s = torch.cat([grad_ys[-1].reshape(-1), y0.new_zeros(n_p)])
@@ -86,7 +96,4 @@ def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
     sa = problem.sensealg
     strategy = InterpolatingStrategy(problem, stats, sa.adjoint_method, sa.adjoint_rtol, sa.adjoint_atol,
                                      bool(sa.checkpointing))
-    if not needs_gradient(problem):
-        with torch.no_grad():
-            return forward_solve(problem, strategy.method, strategy.opts, differentiate_control=False, stats=stats)
-    return apply(strategy, problem)
+    return run(strategy, problem, NAME, replays_randomness=False)

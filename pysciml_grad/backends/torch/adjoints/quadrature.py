@@ -27,17 +27,8 @@ from typing import List, Optional
 import torch
 
 from ....problem import ODEProblem, SolveStats
-from ..forward import forward_solve
 from ..integrate import AcceptedStep
-from .common import (
-    apply,
-    needs_gradient,
-    nonfinite_adjoint,
-    reject_time_gradient,
-    scatter,
-    time_tensor,
-    vjp,
-)
+from .common import nonfinite_adjoint, reject_time_gradient, run, scatter, time_tensor, vjp
 from .continuous import AdjointRHS, block_sizes, gauss_legendre
 from .interpolating import InterpolatingStrategy
 from .replay import interpolate
@@ -52,7 +43,7 @@ class QuadratureStrategy(InterpolatingStrategy):
         idx, ps = self.begin_backward(grad_ys, params, needs)
         traj = self.trajectory
         nfe0 = traj.rhs.nfe
-        rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj, with_params=False)
+        rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj, with_params=False, known=params, name=self.name)
         adj_tab = self.solver.method.tableau
         nodes, weights = gauss_legendre(self.solver.method.order)
         shape = y0.shape
@@ -105,7 +96,4 @@ def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
     reject_time_gradient(problem, NAME)
     sa = problem.sensealg
     strategy = QuadratureStrategy(problem, stats, None, sa.adjoint_rtol, sa.adjoint_atol, False)
-    if not needs_gradient(problem):
-        with torch.no_grad():
-            return forward_solve(problem, strategy.method, strategy.opts, differentiate_control=False, stats=stats)
-    return apply(strategy, problem)
+    return run(strategy, problem, NAME, replays_randomness=False)
