@@ -8,6 +8,7 @@ import torch
 
 from .errors import InvalidProblemError
 from .problem import make_problem
+from .pytree import StructuredFunc, is_structured, structure_of, wrap_norm
 from .sensealg import CheckpointAdjoint, GaussAdjoint, SensitivityAlgorithm
 
 BACKENDS = ("torch", "julia")
@@ -32,6 +33,9 @@ def odeint(
     ----------
     func : callable ``func(t, y) -> dy/dt`` (torchdiffeq's convention), e.g. an ``nn.Module``.
     y0 : floating tensor of any shape (batches included); output dtype/device follow it.
+        Or a structured state: a tuple, list or dict of such tensors, nested (e.g.
+        FFJORD's ``(z, logp)``); ``func`` then takes and returns that structure, and the
+        result has it too, each leaf of shape ``(len(t), *leaf.shape)`` (see ``pytree``).
     t : 1-D strictly monotonic (increasing or decreasing) tensor of save times.
     method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
         ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive).
@@ -45,8 +49,24 @@ def odeint(
 
     Returns
     -------
-    ys : tensor of shape ``(len(t), *y0.shape)``; or ``(ys, stats)`` with ``return_stats``.
+    ys : tensor of shape ``(len(t), *y0.shape)`` (or y0's structure of such tensors);
+        or ``(ys, stats)`` with ``return_stats``.
     """
+    if is_structured(y0):
+        if not callable(func):
+            raise InvalidProblemError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")
+        structure = structure_of(y0)
+        options = dict(options or {})
+        if callable(options.get("norm")):
+            options["norm"] = wrap_norm(options["norm"], structure)
+        out = odeint(
+            StructuredFunc(func, structure), structure.flatten(y0), t, method=method, rtol=rtol,
+            atol=atol, sensealg=sensealg, backend=backend, options=options, params=params,
+        )
+        if isinstance(out, tuple):
+            ys, stats = out
+            return structure.unflatten(ys, (ys.shape[0],)), stats
+        return structure.unflatten(out, (out.shape[0],))
     if sensealg is None:
         sensealg = default_sensealg(backend)
     if backend not in BACKENDS:

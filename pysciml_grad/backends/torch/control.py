@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -32,6 +32,10 @@ class SolverOptions:
     max_num_steps  guard against endless loops (accepted + rejected steps).
     safety, ifactor, dfactor   PI controller: h_new = h * clip(safety * r^-a * r_prev^b, dfactor, ifactor).
     return_stats   return ``(ys, stats)`` instead of ``ys``.
+    norm           adaptive methods: ``norm(x) -> 0-d tensor`` of the scaled error
+                   x = err / (atol + rtol max(|y_n|, |y_{n+1}|)), replacing the RMS norm;
+                   a step is accepted when it is <= 1. For a structured state it
+                   receives that structure (torchdiffeq's ``norm`` option).
     """
 
     step_size: Optional[float] = None
@@ -43,6 +47,7 @@ class SolverOptions:
     ifactor: float = 10.0
     dfactor: float = 0.2
     return_stats: bool = False
+    norm: Optional[Callable[[Any], Any]] = None
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
@@ -65,6 +70,10 @@ class SolverOptions:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidProblemError(f"options['{name}'] must be a positive number, got {value!r}")
 
+        if self.norm is not None and not callable(self.norm):
+            raise InvalidProblemError(
+                f"options['norm'] must be a function norm(x) -> 0-d tensor, got {type(self.norm).__name__}"
+            )
         positive("step_size")
         positive("first_step")
         positive("max_step", allow_none=False)

@@ -19,8 +19,8 @@ from .integrate import CountingRHS, Counters, Record, as_float, integrate_adapti
 from .tableaus import TABLEAUS, ButcherTableau
 
 LEAPFROG = "leapfrog"
-FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", LEAPFROG)
-ADAPTIVE_METHODS = ("heun_euler", "bosh3", "dopri5", "tsit5")
+FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG)
+ADAPTIVE_METHODS = ("heun_euler", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8")
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
 
 

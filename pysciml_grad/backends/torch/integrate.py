@@ -143,6 +143,8 @@ def integrate_adaptive(
     ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     controller = PIController.for_method(tab.error_order, opts)
+    if ratio_fn is None and opts.norm is not None:
+        ratio_fn = _user_norm_ratio(opts.norm, rtol, atol)
     t: Scalar = t_save[0] if differentiate_control else ts[0]
     t_end: Scalar = t_save[-1] if differentiate_control else ts[-1]
     y, k0 = y0, f0
@@ -228,6 +230,14 @@ def integrate_adaptive(
             # Clamped on both paths: an exactly zero error (e.g. f = 0) must not zero the PI factor.
             prev_ratio = max(ratio, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
     return ys  # type: ignore[return-value]
+
+
+def _user_norm_ratio(norm: Callable, rtol: float, atol: float):
+    def ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor) -> torch.Tensor:
+        scale = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
+        return torch.as_tensor(norm(err / scale)).abs()
+
+    return ratio
 
 
 def _limit(h: Scalar, max_step: float) -> Scalar:

@@ -14,12 +14,18 @@ Hermite interpolation between (y_n, f_n) and (y_{n+1}, f_{n+1}).
 Sources: Hairer, Norsett, Wanner, *Solving ODEs I* (classical tables and Dormand-Prince
 5(4) with its 4th-order dense output, as in SciPy's ``RK45``); Bogacki & Shampine
 (1989) for bosh3; Tsitouras (2011), "Runge-Kutta pairs of order 5(4) satisfying only
-the first column simplifying assumption", for tsit5.
+the first column simplifying assumption", for tsit5. The tables added for torchdiffeq
+parity (heun3, rk38, fehlberg2, dopri8) are read from torchdiffeq 0.2.5's source,
+github.com/rtqichen/torchdiffeq at a88aac5, files ``torchdiffeq/_impl/fixed_grid.py``,
+``rk_common.py`` (``rk4_alt_step_func``: Kutta's 3/8 rule), ``fehlberg2.py`` and
+``dopri8.py``; the classical references are Kutta (1901) for the 3/8 rule, Fehlberg
+(1969, NASA TR R-315) for RKF1(2), Prince & Dormand (1981), "High order embedded
+Runge-Kutta formulae", for the 8(7) pair.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 Row = Tuple[float, ...]
@@ -178,7 +184,117 @@ TSIT5 = ButcherTableau(
     ),
 )
 
+# --- Tables added for torchdiffeq parity (provenance in the module docstring) ---------
+
+HEUN3 = ButcherTableau(
+    "heun3", 3, c=(0.0, 1 / 3, 2 / 3), a=((1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4)
+)
+
+# Kutta's 3/8 rule: torchdiffeq's "rk4" (rk4_alt_step_func), a smaller error constant
+# than the classical rk4 for one extra subtraction.
+RK38 = ButcherTableau(
+    "rk38",
+    4,
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
+    a=((1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+)
+
+# Fehlberg's RKF1(2): the propagated solution is the 2nd-order one (b), the embedded
+# 1st-order one is (1/256, 255/256, 0).
+_FEHLBERG2_B = (1 / 512, 255 / 256, 1 / 512)
+FEHLBERG2 = ButcherTableau(
+    "fehlberg2",
+    2,
+    c=(0.0, 0.5, 1.0),
+    a=((0.5,), (1 / 256, 255 / 256)),
+    b=_FEHLBERG2_B,
+    b_err=_err(_FEHLBERG2_B, (1 / 256, 255 / 256, 0.0)),
+    error_order=1,
+)
+
+_DOPRI8_C = (
+    0.0, 1 / 18, 1 / 12, 1 / 8, 5 / 16, 3 / 8, 59 / 400, 93 / 200, 5490023248 / 9719169821,
+    13 / 20, 1201146811 / 1299019798, 1.0, 1.0, 1.0,
+)
+_DOPRI8_A = (
+    (1 / 18,),
+    (1 / 48, 1 / 16),
+    (1 / 32, 0.0, 3 / 32),
+    (5 / 16, 0.0, -75 / 64, 75 / 64),
+    (3 / 80, 0.0, 0.0, 3 / 16, 3 / 20),
+    (29443841 / 614563906, 0.0, 0.0, 77736538 / 692538347, -28693883 / 1125000000, 23124283 / 1800000000),
+    (16016141 / 946692911, 0.0, 0.0, 61564180 / 158732637, 22789713 / 633445777, 545815736 / 2771057229,
+     -180193667 / 1043307555),
+    (39632708 / 573591083, 0.0, 0.0, -433636366 / 683701615, -421739975 / 2616292301, 100302831 / 723423059,
+     790204164 / 839813087, 800635310 / 3783071287),
+    (246121993 / 1340847787, 0.0, 0.0, -37695042795 / 15268766246, -309121744 / 1061227803,
+     -12992083 / 490766935, 6005943493 / 2108947869, 393006217 / 1396673457, 123872331 / 1001029789),
+    (-1028468189 / 846180014, 0.0, 0.0, 8478235783 / 508512852, 1311729495 / 1432422823,
+     -10304129995 / 1701304382, -48777925059 / 3047939560, 15336726248 / 1032824649,
+     -45442868181 / 3398467696, 3065993473 / 597172653),
+    (185892177 / 718116043, 0.0, 0.0, -3185094517 / 667107341, -477755414 / 1098053517,
+     -703635378 / 230739211, 5731566787 / 1027545527, 5232866602 / 850066563, -4093664535 / 808688257,
+     3962137247 / 1805957418, 65686358 / 487910083),
+    (403863854 / 491063109, 0.0, 0.0, -5068492393 / 434740067, -411421997 / 543043805,
+     652783627 / 914296604, 11173962825 / 925320556, -13158990841 / 6184727034, 3936647629 / 1978049680,
+     -160528059 / 685178525, 248638103 / 1413531060, 0.0),
+)
+_DOPRI8_B = (
+    14005451 / 335480064, 0.0, 0.0, 0.0, 0.0, -59238493 / 1068277825, 181606767 / 758867731,
+    561292985 / 797845732, -1041891430 / 1371343529, 760417239 / 1151165299, 118820643 / 751138087,
+    -528747749 / 2220607170, 1 / 4, 0.0,
+)
+# The 7th-order embedded weights (torchdiffeq's C_err = b - b_hat, b_hat[12] = 0).
+_DOPRI8_B_HAT = (
+    13451932 / 455176623, 0.0, 0.0, 0.0, 0.0, -808719846 / 976000145, 1757004468 / 5645159321,
+    656045339 / 265891186, -3867574721 / 1518517206, 465885868 / 322736535, 53011238 / 667516719,
+    2 / 45, 0.0, 0.0,
+)
+# Continuous extension b_i(theta), columns theta^1..theta^6: the polynomials torchdiffeq's
+# dopri8.py evaluates at theta = 1/2 for its midpoint ("C_mid"); used here at every theta.
+_DOPRI8_DENSE_NONZERO = {
+    0: (1.0, -6.6910181737837595697, 19.9990069333683970610, -30.0610568289666450593,
+        22.1396504998094068976, -6.3448349392860401388),
+    5: (0.0, -7.6142658045872677172, 52.2273532792945524050, -121.4999627731334642623,
+        116.4422149550342161651, -39.6107919852202505218),
+    6: (0.0, 10.7281392630428866124, -46.8919164181093621583, 83.1721004639847717481,
+        -67.1451318825957197185, 20.3761213808791436958),
+    7: (0.0, 0.5526637063753648783, -0.1890893225010595467, 9.5724507555993664382,
+        -16.5672243527496524646, 7.3347098826795362023),
+    8: (0.0, 4.2186562625665153803, -35.7075975946222072821, 87.8406057677205645007,
+        -89.9916014847245016028, 32.8801774352459155182),
+    9: (0.0, -0.6627209125361597559, 6.2736448083240352160, -17.4152107770762969005,
+        22.6237489648532849093, -10.1588990526426760954),
+    10: (0.0, -1.2636789001135462218, 10.3160881272450748458, -28.5903289514790976966,
+         32.2362340167355370113, -12.5401268098782561200),
+    11: (0.0, 5.4106037898590422230, -34.7650769866611817349, 81.6630950584341412934,
+         -82.1020315488359848644, 29.5553001484516038033),
+    12: (0.0, -7.0321379067945741781, 47.7457971078225540396, -114.9375291377009418170,
+         116.2662185791119533462, -41.7923486424390588923),
+    13: (0.0, 2.3537586759714983486, -19.0082099341608028453, 50.2558364226176017553,
+         -53.9020777466385396792, 20.3006925822100825485),
+}
+DOPRI8 = ButcherTableau(
+    "dopri8",
+    8,
+    c=_DOPRI8_C,
+    a=_DOPRI8_A + (_DOPRI8_B[:13],),
+    b=_DOPRI8_B,
+    b_err=_err(_DOPRI8_B, _DOPRI8_B_HAT),
+    error_order=7,
+    fsal=True,
+    dense=tuple(_DOPRI8_DENSE_NONZERO.get(i, (0.0,) * 6) for i in range(14)),
+)
+# The printed 20-digit coefficients sum to b only to ~1e-12 in float64; move that rounding
+# into the theta^6 column so the interpolant ends exactly at y_{n+1} (continuity).
+DOPRI8 = replace(
+    DOPRI8,
+    dense=tuple(row[:-1] + (row[-1] + (b - sum(row)),) for row, b in zip(DOPRI8.dense, DOPRI8.b)),
+)
+
 TABLEAUS = {
     tab.name: tab
-    for tab in (EULER, MIDPOINT, HEUN, RALSTON, RK4, HEUN_EULER, BOSH3, DOPRI5, TSIT5)
+    for tab in (EULER, MIDPOINT, HEUN, RALSTON, RK4, HEUN_EULER, BOSH3, DOPRI5, TSIT5,
+                HEUN3, RK38, FEHLBERG2, DOPRI8)
 }
