@@ -146,8 +146,9 @@ def _spec(tree: Any, path: str):
             leaves.extend(sub)
         return ("dict", keys, tuple(children)), leaves
     raise InvalidStateError(
-        f"{path} is a {type(tree).__name__}; a structured state may hold only tensors in "
-        "tuples, lists and dicts (wrap numbers with torch.tensor(x, dtype=torch.float64))"
+        f"{path} is a {type(tree).__name__}; y0 must be a torch.Tensor or a tuple/list/dict of "
+        "torch.Tensor leaves (a structured state holds only tensors): wrap numbers, e.g. "
+        "torch.as_tensor([1.0, 2.0], dtype=torch.float64)"
     )
 
 

@@ -249,7 +249,10 @@ def test_unknown_option_lists_valid_ones():
 def test_torch_options_are_all_understood():
     from pysciml_grad.backends.torch.control import SolverOptions
 
-    assert set(SolverOptions.__dataclass_fields__) <= set(tr.VALID_OPTIONS)
+    assert set(SolverOptions.__dataclass_fields__) <= set(tr.VALID_OPTIONS) | set(tr.TORCH_ONLY_OPTIONS)
+    for name in tr.TORCH_ONLY_OPTIONS:
+        with pytest.raises(errors.UnknownOptionError, match="backend='torch'"):
+            tr.translate_options({name: None}, "tsit5", tr.lookup_method("tsit5"), [0.0, 1.0], 1e-6, 1e-8)
 
 
 def test_step_size_is_rounded_like_the_torch_engine():

@@ -11,9 +11,8 @@ import torch
 import pysciml_grad as psg
 from pysciml_grad.errors import InvalidStateError, RHSOutputError
 
-torch.set_default_dtype(torch.float64)
-
-A = torch.tensor([[-0.3, 1.0, 0.2], [-1.0, -0.2, 0.1], [0.0, 0.4, -0.5]])
+D = torch.float64
+A = torch.tensor([[-0.3, 1.0, 0.2], [-1.0, -0.2, 0.1], [0.0, 0.4, -0.5]], dtype=D)
 
 
 class Split(torch.nn.Module):
@@ -50,8 +49,8 @@ METHODS = {"dopri5": {}, "tsit5": {}, "bosh3": {}, "dopri8": {}, "rk4": {"step_s
 def test_tuple_state_matches_flat_state(method, sensealg):
     torch.manual_seed(0)
     f = Split()
-    y0 = torch.tensor([1.0, 0.5, -0.2], requires_grad=True)
-    t = torch.linspace(0.0, 1.0, 5)
+    y0 = torch.tensor([1.0, 0.5, -0.2], dtype=D, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 5, dtype=D)
     kw = dict(method=method, options=METHODS[method], sensealg=SENSEALGS[sensealg])
     ys = psg.odeint(f.flat, y0, t, params=[f.W], **kw)
     w = torch.randn_like(ys)
@@ -65,19 +64,19 @@ def test_tuple_state_matches_flat_state(method, sensealg):
 
 
 def test_dict_and_nested_states_against_expm():
-    t = torch.linspace(0.0, 2.0, 4)
+    t = torch.linspace(0.0, 2.0, 4, dtype=D)
 
     def f(t, s):
         y = torch.cat([s["x"], s["rest"][0], s["rest"][1].reshape(1)])
         dy = A @ y
         return {"x": dy[:1], "rest": [dy[1:2], dy[2]]}
 
-    y0 = {"x": torch.tensor([1.0]), "rest": [torch.tensor([0.0]), torch.tensor(2.0)]}
+    y0 = {"x": torch.tensor([1.0], dtype=D), "rest": [torch.tensor([0.0], dtype=D), torch.tensor(2.0, dtype=D)]}
     out = psg.odeint(f, y0, t, rtol=1e-10, atol=1e-12)
     assert set(out) == {"x", "rest"} and isinstance(out["rest"], list)
     assert out["rest"][1].shape == (4,)
     got = torch.cat([out["x"], out["rest"][0], out["rest"][1][:, None]], 1)
-    ref = torch.stack([torch.linalg.matrix_exp(A * s) @ torch.tensor([1.0, 0.0, 2.0]) for s in t])
+    ref = torch.stack([torch.linalg.matrix_exp(A * s) @ torch.tensor([1.0, 0.0, 2.0], dtype=D) for s in t])
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-8)
 
 
@@ -90,7 +89,7 @@ def test_return_stats_and_norm_see_the_structure():
         return torch.maximum(a.abs().max(), b.abs().max())
 
     f = Split()
-    ys, stats = psg.odeint(f, (torch.tensor(1.0), torch.zeros(2)), torch.tensor([0.0, 1.0]),
+    ys, stats = psg.odeint(f, (torch.tensor(1.0, dtype=D), torch.zeros(2, dtype=D)), torch.tensor([0.0, 1.0], dtype=D),
                            options={"return_stats": True, "norm": norm})
     assert isinstance(ys, tuple) and stats.nfe > 0
     assert seen and all(s is tuple for s in seen)
@@ -99,13 +98,13 @@ def test_return_stats_and_norm_see_the_structure():
 def test_structured_state_errors():
     f = Split()
     with pytest.raises(InvalidStateError, match="share one dtype"):
-        psg.odeint(f, (torch.tensor(1.0), torch.zeros(2, dtype=torch.float32)), torch.tensor([0.0, 1.0]))
+        psg.odeint(f, (torch.tensor(1.0, dtype=D), torch.zeros(2, dtype=torch.float32)), torch.tensor([0.0, 1.0], dtype=D))
     with pytest.raises(InvalidStateError, match="only tensors"):
-        psg.odeint(f, (1.0, torch.zeros(2)), torch.tensor([0.0, 1.0]))
+        psg.odeint(f, (1.0, torch.zeros(2, dtype=D)), torch.tensor([0.0, 1.0], dtype=D))
     with pytest.raises(InvalidStateError, match="empty"):
-        psg.odeint(f, (), torch.tensor([0.0, 1.0]))
+        psg.odeint(f, (), torch.tensor([0.0, 1.0], dtype=D))
     with pytest.raises(RHSOutputError, match="same structure"):
-        psg.odeint(lambda t, s: s[0], (torch.tensor(1.0), torch.zeros(2)), torch.tensor([0.0, 1.0]))
+        psg.odeint(lambda t, s: s[0], (torch.tensor(1.0, dtype=D), torch.zeros(2, dtype=D)), torch.tensor([0.0, 1.0], dtype=D))
 
 
 class CNF(torch.nn.Module):
@@ -114,7 +113,7 @@ class CNF(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(1)
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(D)
 
     def forward(self, t, state):
         z, _ = state
@@ -128,9 +127,9 @@ class CNF(torch.nn.Module):
 @pytest.mark.parametrize("sensealg", [psg.CheckpointAdjoint(), psg.BacksolveAdjoint()])
 def test_ffjord_tuple_state_gradients_match_direct(sensealg):
     flow = CNF()
-    z0 = torch.randn(8, 2)
-    logp0 = torch.zeros(8)
-    t = torch.tensor([0.0, 1.0])
+    z0 = torch.randn(8, 2, dtype=D)
+    logp0 = torch.zeros(8, dtype=D)
+    t = torch.tensor([0.0, 1.0], dtype=D)
 
     def loss(sa):
         z, logp = psg.odeint(flow, (z0, logp0), t, sensealg=sa, rtol=1e-9, atol=1e-11)

@@ -198,6 +198,13 @@ METHODS: Dict[str, MethodSpec] = {**OUR_METHODS, **SCIML_METHODS}
 TORCH_ONLY_METHODS = {
     "leapfrog": "SciML's leapfrog/Verlet methods are for second-order (dynamical) problems; "
     "use backend='torch' for the leapfrog of Xu, Chen, Li",
+    # Tables added for torchdiffeq parity: no SciML method with the same coefficients was
+    # checked against them (SciML's DP8 is Hairer's DOP853, a different 8th-order pair).
+    **{
+        name: "it is one of the tables added for torchdiffeq parity and has no SciML counterpart "
+        "with the same coefficients; use backend='torch'"
+        for name in ("heun3", "rk38", "fehlberg2", "dopri8")
+    },
 }
 
 
@@ -260,6 +267,12 @@ _CONTROLLER_REFUSAL = (
     "apply), or use backend='torch', where safety/ifactor/dfactor are supported"
 )
 
+#: Options of the torch engine with no Julia translation (yet), and why.
+TORCH_ONLY_OPTIONS = {
+    "norm": "a Python error norm cannot be called from SciML's step controller without a "
+    "Julia callback per step (SciML's internalnorm); use backend='torch'",
+}
+
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.
 AUTOJACVEC = {
     "auto": None,  # SciMLSensitivity's automatic choice (Julia f) / ZygoteVJP (Python f)
@@ -312,6 +325,10 @@ def translate_options(
     ``dt = span / n`` (the torch engine's rounding, so both engines step on the same
     grid); without it the save times ``t`` are the grid.
     """
+    torch_only = sorted(set(options) & set(TORCH_ONLY_OPTIONS))
+    if torch_only:
+        name = torch_only[0]
+        raise UnknownOptionError(f"option {name!r} is not offered by the Julia engine: {TORCH_ONLY_OPTIONS[name]}")
     unknown = sorted(set(options) - set(VALID_OPTIONS))
     if unknown:
         raise UnknownOptionError(
@@ -682,6 +699,7 @@ __all__ = [
     "Plan",
     "SolveOptions",
     "VALID_OPTIONS",
+    "TORCH_ONLY_OPTIONS",
     "AUTOJACVEC",
     "algorithm_call",
     "error_for_julia",
