@@ -23,26 +23,6 @@ ADJOINTS = {
 CONTINUOUS = ["backsolve", "interpolating", "interpolating_ckpt", "quadrature"]
 
 
-@pytest.mark.parametrize("name", CONTINUOUS)
-def test_time_gradient_unsupported_by_continuous_adjoints(name):
-    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
-    t = torch.linspace(0, 1, 3, dtype=torch.float64, requires_grad=True)
-    calls = []
-
-    def f(tt, y):
-        calls.append(1)
-        return -y
-
-    with pytest.raises(UnsupportedSensitivityError, match="CheckpointAdjoint") as info:
-        psg.odeint(f, y0, t, sensealg=ADJOINTS[name])
-    assert isinstance(info.value, InvalidProblemError) and isinstance(info.value, NotImplementedError)
-    assert not calls  # refused before integrating
-    # Without grad on t (or with grad disabled) the same call works.
-    psg.odeint(f, y0, t.detach(), sensealg=ADJOINTS[name])
-    with torch.no_grad():
-        psg.odeint(f, y0, t, sensealg=ADJOINTS[name])
-
-
 def sqrt_decay(tt, y):
     # f is finite along the solution, but d sqrt(|y|)/dy is infinite at the y = 0 component.
     return -torch.sqrt(y.abs())

@@ -75,7 +75,7 @@ def test_event_function_parameters_get_their_gradient(sensealg):
     assert abs(float(dc) + 1 / math.sqrt(2 * (h0 - c0) * g0)) < 1e-8
 
 
-@pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.CheckpointAdjoint()], ids=["DirectAD", "CheckpointAdjoint"])
+@pytest.mark.parametrize("sensealg", SENSEALGS, ids=IDS)
 def test_decay_gradients_wrt_rate_y0_and_t0(sensealg):
     # y' = -k y from (t0, y0), event y = c: t* = t0 + ln(y0 / c) / k.
     k0, y00, c, t00 = 0.7, 3.0, 0.5, 0.25

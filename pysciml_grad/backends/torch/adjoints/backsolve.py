@@ -35,7 +35,7 @@ import torch
 from ....errors import GradientAccuracyWarning
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
-from .common import check_incoming, reject_double_backward, reject_time_gradient, run, scatter, trainable
+from .common import check_incoming, reject_double_backward, run, scatter, trainable
 from .continuous import AdjointRHS, BackwardSolver, adjoint_settings, block_sizes, split_flat
 
 NAME = "BacksolveAdjoint"
@@ -114,5 +114,4 @@ class BacksolveStrategy:
 
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
-    reject_time_gradient(problem, NAME)
     return run(BacksolveStrategy(problem, stats), problem, NAME, replays_randomness=False)

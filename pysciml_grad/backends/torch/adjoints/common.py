@@ -37,8 +37,8 @@ class _AdjointFunction(torch.autograd.Function):
     def forward(ctx, strategy, y0, t, *params):  # type: ignore[override]
         ys = strategy.forward(y0)
         ctx.strategy = strategy
-        # Outputs go through save_for_backward (never onto ctx: a reference cycle).
-        keep = ys if getattr(strategy, "needs_output", False) else None
+        # Outputs go through save_for_backward (never onto ctx: a reference cycle); dL/dt needs them too.
+        keep = ys if getattr(strategy, "needs_output", False) or t.requires_grad else None
         # The forward record (checkpoints, stored stages) lives on the strategy. autograd
         # frees saved tensors after a backward without retain_graph=True, so a token saved
         # here dies then, and with it the record: a loss kept alive afterwards
@@ -60,15 +60,48 @@ class _AdjointFunction(torch.autograd.Function):
         try:
             if found is not None and found.random:
                 with torch.random.fork_rng(devices=found.devices):
-                    out = strategy.backward(grad_ys, y0, t, tuple(params), needs, ys)
+                    out = _backward_with_time(strategy, grad_ys, y0, t, tuple(params), needs, ys)
             else:
-                out = strategy.backward(grad_ys, y0, t, tuple(params), needs, ys)
+                out = _backward_with_time(strategy, grad_ys, y0, t, tuple(params), needs, ys)
         finally:
             with torch.no_grad():
                 for b, v in zip(found.mutated if found is not None else (), saved):
                     b.copy_(v)
         g_y0, g_t, g_params = out
         return (None, g_y0 if needs[0] else None, g_t if needs[1] else None, *g_params)
+
+
+def _backward_with_time(strategy, grad_ys, y0, t, params, needs, ys):
+    g_y0, g_t, g_params = strategy.backward(grad_ys, y0, t, params, needs, ys)
+    if needs[1] and g_t is None:
+        # Asked for only now (needs_input_grad at backward time), never refused up front.
+        g_t = continuous_time_gradient(strategy, t, ys, grad_ys, g_y0)
+    return g_y0, g_t, g_params
+
+
+def continuous_time_gradient(strategy, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor,
+                             a0: torch.Tensor) -> torch.Tensor:
+    """dL/dt of the continuous adjoints from the adjoint they already computed.
+
+    A save time t_i, i >= 1, only says where y is observed: dL/dt_i = dL/dy(t_i) . f(t_i, y_i).
+    Moving t_0 moves the start of the trajectory: dL/dt_0 = -a(t_0+) . f(t_0, y_0), with
+    a(t_0+) = dL/dy0 - dL/dy(t_0) the adjoint just after t_0. (torchdiffeq's
+    ``odeint_adjoint`` integrates -a^T df/dt alongside the adjoint instead; the two agree
+    because d(a . f)/dt = a . df/dt along the trajectory.) Costs len(t) calls of func.
+    """
+    func = strategy.problem.func
+    out = torch.empty(len(t), dtype=ys.dtype, device=ys.device)
+    with torch.no_grad():
+        for i in range(len(t)):
+            f_i = func(t[i].detach().to(ys.dtype), ys[i])
+            if i == 0:
+                out[0] = -((a0 - grad_ys[0]) * f_i).sum()
+            else:
+                out[i] = (grad_ys[i] * f_i).sum()
+    stats = getattr(strategy, "stats", None)
+    if stats is not None:
+        stats.nfe_backward += len(t)
+    return out.to(t.dtype)
 
 
 def needs_gradient(problem: ODEProblem) -> bool:
@@ -120,16 +153,6 @@ def reject_functorch(name: str) -> None:
             f"{name} cannot run under torch.func transforms (grad, vmap, jacrev, ...): its backward "
             "pass replays a record kept outside autograd. Use sensealg=psg.DirectAD(), which is "
             "plain autograd and works under torch.func, or call loss.backward() / torch.autograd.grad."
-        )
-
-
-def reject_time_gradient(problem: ODEProblem, name: str) -> None:
-    """Continuous adjoints here give no dL/dt: say so before anything is integrated."""
-    if problem.t.requires_grad and torch.is_grad_enabled():
-        raise UnsupportedSensitivityError(
-            f"{name} does not compute gradients with respect to the save times t, but t "
-            "requires grad. Use sensealg=psg.CheckpointAdjoint() (exact dL/dt of the discrete "
-            "solve) or psg.DirectAD(), or pass t.detach()."
         )
 
 

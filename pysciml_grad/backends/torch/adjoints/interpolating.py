@@ -27,7 +27,7 @@ import torch
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import CountingRHS
-from .common import check_incoming, reject_double_backward, reject_time_gradient, run, scatter, trainable
+from .common import check_incoming, reject_double_backward, run, scatter, trainable
 from .continuous import AdjointRHS, BackwardSolver, Trajectory, adjoint_settings, block_sizes, split_flat
 
 NAME = "InterpolatingAdjoint"
@@ -92,7 +92,6 @@ class InterpolatingStrategy:
 
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
-    reject_time_gradient(problem, NAME)
     sa = problem.sensealg
     strategy = InterpolatingStrategy(problem, stats, sa.adjoint_method, sa.adjoint_rtol, sa.adjoint_atol,
                                      bool(sa.checkpointing))

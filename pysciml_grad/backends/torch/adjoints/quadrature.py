@@ -28,7 +28,7 @@ import torch
 
 from ....problem import ODEProblem, SolveStats
 from ..integrate import AcceptedStep
-from .common import nonfinite_adjoint, reject_time_gradient, run, scatter, time_tensor, vjp
+from .common import nonfinite_adjoint, run, scatter, time_tensor, vjp
 from .continuous import AdjointRHS, block_sizes, gauss_legendre
 from .interpolating import InterpolatingStrategy
 from .replay import interpolate
@@ -93,7 +93,6 @@ class QuadratureStrategy(InterpolatingStrategy):
 
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
-    reject_time_gradient(problem, NAME)
     sa = problem.sensealg
     strategy = QuadratureStrategy(problem, stats, None, sa.adjoint_rtol, sa.adjoint_atol, False)
     return run(strategy, problem, NAME, replays_randomness=False)
