@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import textwrap
 from typing import Dict, List
 
 import torch
@@ -150,7 +151,12 @@ def audit(backends=("torch", "julia"), rtol: float = 1e-6) -> List[Dict]:
 def format_table(rows: List[Dict]) -> str:
     lines = [f"{'backend':7s} {'sensealg':42s} {'problem':7s} {'rel. error':>10s} {'NFE f/b':>10s}"]
     for r in rows:
-        if "skipped" in r:
+        if "skipped" in r and r["sensealg"] == "*":
+            # A whole backend is absent: the reason says how to install it, so it is shown
+            # in full, wrapped under the row, never cut mid-sentence.
+            lines.append(f"{r['backend']:7s} {'*':42s} {'*':7s} not run:")
+            lines.extend(textwrap.wrap(r["skipped"], width=100, initial_indent="    ", subsequent_indent="    "))
+        elif "skipped" in r:
             lines.append(f"{r['backend']:7s} {r['sensealg']:42s} {r['problem']:7s} not run: {r['skipped'][:160]}")
         else:
             nfe = f"{r['nfe']}/{r['nfe_backward']}"

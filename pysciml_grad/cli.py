@@ -27,9 +27,15 @@ def _info() -> int:
 
 def _julia(args) -> int:
     from .backends.julia import install
+    from .errors import BackendUnavailableError
 
     if args.action == "install":
-        install(progress=True, cuda=args.cuda)
+        try:
+            install(progress=True, cuda=args.cuda)
+        except BackendUnavailableError as exc:
+            # A message the user acts on, not a traceback through juliapkg.
+            print(f"pysciml_grad julia install: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -180,3 +180,38 @@ def test_registration_into_juliapkg_is_recognised(tmp_path):
     assert before is False and after is True
     assert deps["julia"] and deps["packages"]["PySciMLGrad"]["dev"] is True
     assert os.path.isabs(deps["packages"]["PySciMLGrad"]["path"])
+
+
+def test_check_prints_the_whole_reason_for_an_absent_julia_engine(tmp_path):
+    # Issue 8 section 7: the Julia row of `python -m pysciml_grad check` was cut at 160
+    # characters, mid-sentence, before the install command. The real CLI, without Julia.
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_JULIACALL_", "PYTHON_JULIAPKG_", "JULIA"))}
+    env.update(PATH=str(empty_bin), PYTHON_JULIAPKG_PROJECT=str(tmp_path / "julia_env"),
+               JULIA_DEPOT_PATH=str(tmp_path / "depot"), JULIA_PKG_SERVER="http://127.0.0.1:9",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-m", "pysciml_grad", "check", "--backend", "julia"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    flat = " ".join(proc.stdout.split())
+    assert "julia * * not run:" in flat
+    assert "no Julia installation was found" in flat
+    # The hint's last sentence, in full: nothing of the reason is cut off.
+    assert " ".join(runtime.INSTALL_HINT.split()) in flat
+    assert all(len(line) <= 110 for line in proc.stdout.splitlines()[2:]), proc.stdout
+
+
+@pytest.mark.parametrize(
+    "environ, added",
+    [
+        ({}, {"PYTHON_JULIACALL_THREADS": "1"}),
+        # A user's JULIA_NUM_THREADS would start multi-threaded Julia without signal handling.
+        ({"JULIA_NUM_THREADS": "8"}, {"PYTHON_JULIACALL_THREADS": "1"}),
+        ({"PYTHON_JULIACALL_THREADS": "4"}, {"PYTHON_JULIACALL_HANDLE_SIGNALS": "yes"}),
+        ({"PYTHON_JULIACALL_THREADS": "4", "PYTHON_JULIACALL_HANDLE_SIGNALS": "no"}, {}),
+        ({"PYTHON_JULIACALL_THREADS": "1"}, {}),
+    ],
+)
+def test_juliacall_starts_single_threaded_unless_asked(environ, added):
+    assert runtime.juliacall_defaults(environ) == added

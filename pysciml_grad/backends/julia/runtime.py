@@ -164,7 +164,7 @@ def probe() -> Probe:
     juliapkg when an environment was resolved before); never starts Julia.
     """
     if not _juliacall_installed():
-        return Probe(False, "juliacall is not installed: pip install juliacall (or pip install 'pysciml-grad[julia]')", "juliacall")
+        return Probe(False, "juliacall is not installed: pip install juliacall juliapkg (or, in a checkout of pysciml_grad, pip install -e '.[julia]')", "juliacall")
     if _juliacall_started():
         return Probe(True, "Julia is already running in this process (juliacall)")
     exe, project = os.environ.get("PYTHON_JULIACALL_EXE"), os.environ.get("PYTHON_JULIACALL_PROJECT")
@@ -272,16 +272,82 @@ def register_dependencies(cuda: bool = False) -> None:
 
 
 # The child installs and precompiles; it imports only juliapkg/juliacall (not torch,
-# which juliacall warns should come after it).
+# which juliacall warns should come after it). A failure prints one line, not a
+# traceback through juliapkg's internals: the parent turns it into the error.
 _CHILD = r"""
-import juliapkg
-juliapkg.resolve()
-import juliacall
-jl = juliacall.newmodule("PySciMLGradInstall")
-jl.seval("import {pkg}")
-{cuda_load}
-print("pysciml_grad: Julia", jl.seval("string(VERSION)"), "with {pkg} protocol", jl.seval("{pkg}.PROTOCOL_VERSION"))
+import sys
+try:
+    import juliapkg
+    juliapkg.resolve()
+    import juliacall
+    jl = juliacall.newmodule("PySciMLGradInstall")
+    jl.seval("import {pkg}")
+    {cuda_load}
+    print("pysciml_grad: Julia", jl.seval("string(VERSION)"), "with {pkg} protocol", jl.seval("{pkg}.PROTOCOL_VERSION"))
+except BaseException as exc:
+    text = str(exc).strip().splitlines()
+    print("{marker}" + type(exc).__name__ + ": " + (text[0] if text else ""), flush=True)
+    sys.exit(1)
 """
+_FAILED_MARKER = "pysciml_grad-install-failed: "
+
+#: What each host an install contacts is for (juliapkg's Julia download,
+#: src/juliapkg/install_julia.py; Pkg's default server, Pkg.jl src/Pkg.jl ``pkg_server``).
+_HOST_ROLES = {
+    "julialang-s3.julialang.org": "where juliapkg downloads Julia",
+}
+
+
+def _juliapkg_project() -> Optional[str]:
+    """The directory juliapkg keeps its environment in (``julia_env`` beside the venv)."""
+    try:
+        import juliapkg.state
+
+        return juliapkg.state.STATE["project"]
+    except Exception:  # noqa: BLE001 - juliapkg internals moved: nothing to clean up then
+        return None
+
+
+class _EnvironmentGuard:
+    """Undo what a failed install wrote into juliapkg's environment: remove the
+    environment directory if this install created it, else restore the deps file."""
+
+    def __init__(self) -> None:
+        self.project = _juliapkg_project()
+        self.existed = bool(self.project and os.path.exists(self.project))
+        self.deps_file = None
+        self.deps_before: Optional[bytes] = None
+        try:
+            import juliapkg.deps
+
+            self.deps_file = juliapkg.deps.cur_deps_file()
+            if os.path.isfile(self.deps_file):
+                with open(self.deps_file, "rb") as fh:
+                    self.deps_before = fh.read()
+        except Exception:  # noqa: BLE001
+            self.deps_file = None
+
+    def rollback(self) -> str:
+        if self.project and not self.existed and os.path.isdir(self.project):
+            shutil.rmtree(self.project, ignore_errors=True)
+            return f" The partial Julia environment {self.project} was removed."
+        if self.deps_file:
+            try:
+                if self.deps_before is None:
+                    if os.path.isfile(self.deps_file):
+                        os.remove(self.deps_file)
+                else:
+                    with open(self.deps_file, "wb") as fh:
+                        fh.write(self.deps_before)
+            except OSError:
+                return ""
+        return ""
+
+
+def _host_description(entry: str) -> str:
+    host = entry.rsplit(":", 1)[0]
+    role = _HOST_ROLES.get(host, "Julia's package server (JULIA_PKG_SERVER, default pkg.julialang.org)")
+    return f"{entry} ({role})"
 
 
 def install(progress: bool = True, cuda: bool = False) -> None:
@@ -289,33 +355,59 @@ def install(progress: bool = True, cuda: bool = False) -> None:
     precompile them, once. Needs internet. Runs in a child Python process so this
     process's juliacall state is untouched and the output can be shown or captured.
 
+    Fails within seconds, changing nothing, when the hosts it needs do not answer
+    (3-second TCP probe): Julia's download server when no Julia is found, the package
+    server otherwise. A failure later on removes the juliapkg environment it created.
+
     ``cuda=True`` also installs CUDA.jl and DLPack.jl for CUDA tensors.
     """
     if not _juliacall_installed():
         raise BackendUnavailableError("juliacall is not installed: pip install juliacall, then run the install again")
-    register_dependencies(cuda=cuda)
+    if os.environ.get("PYTHON_JULIAPKG_OFFLINE", "").strip().lower() == "yes":
+        raise BackendUnavailableError(
+            "cannot install the Julia engine: PYTHON_JULIAPKG_OFFLINE=yes forbids juliapkg to download. "
+            "Unset it and run the install again with a network connection."
+        )
+    missing = "julia" if find_julia_executable() is None else "packages"
+    down = unreachable(servers_for(missing))
+    if down:
+        raise BackendUnavailableError(
+            "cannot install the Julia engine: no connection to "
+            + ", ".join(_host_description(d) for d in down)
+            + " within 3 s. Nothing was changed. Connect to the internet (behind a proxy set "
+            "JULIA_PKG_SERVER to a mirror); to use a Julia you already have, set PYTHON_JULIAPKG_EXE=/path/to/julia."
+        )
+    guard = _EnvironmentGuard()
     code = _CHILD.format(
         pkg=JULIA_PACKAGE,
         cuda_load='jl.seval("import CUDA, DLPack")' if cuda else "",
+        marker=_FAILED_MARKER,
     )
     if progress:
         print("pysciml_grad: installing the Julia engine (juliapkg + Pkg; first time 10-30 min) ...", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.setdefault("PYTHON_JULIACALL_HANDLE_SIGNALS", "yes")
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        stdout=None if progress else subprocess.PIPE,
-        stderr=None if progress else subprocess.STDOUT,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = "" if progress else "\n" + "\n".join((proc.stdout or "").splitlines()[-30:])
-        raise BackendUnavailableError(
-            f"installing the Julia engine failed (exit code {proc.returncode}).{tail}\n"
-            "Check the internet connection to pkg.julialang.org; behind a proxy set JULIA_PKG_SERVER; "
-            "to reuse an existing Julia set PYTHON_JULIAPKG_EXE."
+    tail: List[str] = []
+    try:
+        register_dependencies(cuda=cuda)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(_FAILED_MARKER):
+                tail.append(line[len(_FAILED_MARKER):].rstrip())
+                continue
+            if progress:
+                print(line, end="", file=sys.stderr, flush=True)
+        returncode = proc.wait()
+    except BaseException:
+        guard.rollback()
+        raise
+    if returncode != 0:
+        cleaned = guard.rollback()
+        reason = tail[-1] if tail else f"exit code {returncode}"
+        raise BackendUnavailableError(f"installing the Julia engine failed: {reason}.{cleaned}")
     if progress:
         print("pysciml_grad: Julia engine installed.", file=sys.stderr, flush=True)
 
@@ -358,7 +450,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def juliacall_defaults(environ: Dict[str, str]) -> Dict[str, str]:
+    """Environment variables to add before ``import juliacall`` starts Julia.
+
+    juliacall takes its thread count from ``PYTHON_JULIACALL_THREADS``, else from
+    ``JULIA_NUM_THREADS``, and leaves Julia's signal handling off unless
+    ``PYTHON_JULIACALL_HANDLE_SIGNALS`` says otherwise (pysrc/juliacall/__init__.py,
+    UPSTREAM.md); multi-threaded Julia without its signal handler can segfault. So: one
+    thread unless the user asked juliacall for more, and signal handling on whenever
+    they did. Nothing the user set is overridden.
+    """
+    extra: Dict[str, str] = {}
+    threads = environ.get("PYTHON_JULIACALL_THREADS")
+    if threads is None:
+        extra["PYTHON_JULIACALL_THREADS"] = "1"
+    elif threads.strip() != "1" and "PYTHON_JULIACALL_HANDLE_SIGNALS" not in environ:
+        extra["PYTHON_JULIACALL_HANDLE_SIGNALS"] = "yes"
+    return extra
+
+
 def _start() -> Session:
+    os.environ.update(juliacall_defaults(dict(os.environ)))
     try:
         import juliacall  # starts Julia (probe() said nothing needs downloading)
     except Exception as exc:  # noqa: BLE001
