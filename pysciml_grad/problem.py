@@ -8,9 +8,12 @@ change. Backend-specific names (methods, options) are validated by the backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
+
+from . import validate
 
 from .errors import (
     DeviceMismatchError,
@@ -31,6 +34,12 @@ class ODEProblem:
     ``params`` holds every tensor the gradient must reach besides ``y0``: the
     parameters of ``func`` when it is an ``nn.Module`` and the user's ``params=``,
     deduplicated, in that order.
+
+    ``rtol``/``atol`` are floats. Per-component tolerances (tensors broadcastable to
+    y0, as torchdiffeq accepts) live in ``rtol_y``/``atol_y`` (detached, y0's dtype and
+    device) and weight the forward error norm; ``rtol``/``atol`` are then their
+    tightest component, used where one number is needed (the continuous adjoints'
+    backward solves over [y, a, dL/dtheta], the Julia engine).
     """
 
     func: Callable
@@ -43,6 +52,8 @@ class ODEProblem:
     params: Tuple[torch.Tensor, ...]
     sensealg: SensitivityAlgorithm
     backend: str
+    rtol_y: Union[float, torch.Tensor] = 0.0
+    atol_y: Union[float, torch.Tensor] = 0.0
 
     @property
     def direction(self) -> float:
@@ -79,26 +90,37 @@ def make_problem(
         raise InvalidProblemError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")
     y0 = _check_y0(y0)
     t = _check_t(t, y0)
-    _check_tolerances(rtol, atol)
+    rtol_y = _check_tolerance("rtol", rtol, y0)
+    atol_y = _check_tolerance("atol", atol, y0)
     if not isinstance(sensealg, SensitivityAlgorithm):
         raise InvalidProblemError(
             f"sensealg must be a sensitivity-algorithm object such as psg.CheckpointAdjoint(), got {sensealg!r}"
         )
+    sensealg = sensealg.checked()
     if options is not None and not isinstance(options, Mapping):
         raise InvalidProblemError(f"options must be a dict such as {{'step_size': 0.01}}, got {type(options).__name__}")
+    options = dict(options or {})
+    if "return_stats" in options:
+        options["return_stats"] = validate.flag("options['return_stats']", options["return_stats"])
     all_params = _collect_params(func, params, y0)
     return ODEProblem(
         func=func,
         y0=y0,
         t=t,
         method=method,
-        rtol=float(rtol),
-        atol=float(atol),
-        options=dict(options or {}),
+        rtol=_tightest(rtol_y),
+        atol=_tightest(atol_y),
+        options=options,
         params=all_params,
         sensealg=sensealg,
         backend=backend,
+        rtol_y=rtol_y,
+        atol_y=atol_y,
     )
+
+
+#: Half-precision states are refused, not solved: see ``_check_y0``.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _check_y0(y0: Any) -> torch.Tensor:
@@ -107,6 +129,18 @@ def _check_y0(y0: Any) -> torch.Tensor:
     if not y0.is_floating_point():
         raise InvalidStateError(
             f"y0 has dtype {y0.dtype}; it must be a floating dtype (float32 or float64), e.g. y0.double()"
+        )
+    if y0.dtype in HALF_DTYPES:
+        # Refused rather than solved: an ODE step adds h*f to y, and in a 16-bit state
+        # every increment below half an ulp of y (bfloat16: 0.4 % of |y|, float16: 0.05 %)
+        # rounds away, so small steps make no progress (measured: bfloat16 returned
+        # y(1) == y0 after 44 079 steps). Doing only t, h and the error norm in float32
+        # does not fix that; the state itself needs the precision.
+        raise InvalidStateError(
+            f"y0 has dtype {y0.dtype}: half-precision states are not supported, because an ODE step "
+            "y + h*f loses every increment smaller than half an ulp of y (bfloat16 keeps 8 bits, "
+            "float16 11) and the solve silently stalls. Solve in float32 (y0.float(), func.float()) "
+            "and cast the result; for speed run func's layers under torch.autocast inside func"
         )
     if y0.numel() == 0:
         raise InvalidStateError("y0 is empty; it needs at least one element")
@@ -146,10 +180,34 @@ def _check_t(t: Any, y0: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _check_tolerances(rtol: Any, atol: Any) -> None:
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, (int, float)) or not value > 0 or value != value:
-            raise InvalidProblemError(f"{name} must be a positive number, got {value!r}")
+def _check_tolerance(name: str, value: Any, y0: torch.Tensor) -> Union[float, torch.Tensor]:
+    """A positive finite number, or a tensor of them broadcastable to y0 (per component).
+
+    Python numbers, NumPy scalars and 0-d tensors become floats; a NumPy array or a
+    tensor with dimensions stays a tensor (detached, y0's dtype and device).
+    """
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        value = torch.as_tensor(value)
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        if value.dtype == torch.bool or value.is_complex():
+            raise InvalidProblemError(f"{name} must hold real numbers, got a tensor of dtype {value.dtype}")
+        try:
+            ok = torch.broadcast_shapes(value.shape, y0.shape) == y0.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise InvalidProblemError(
+                f"a per-component {name} must broadcast to y0's shape {tuple(y0.shape)}, got shape {tuple(value.shape)}"
+            )
+        v = value.detach().to(dtype=y0.dtype, device=y0.device)
+        if not bool(((v > 0) & torch.isfinite(v)).all()):
+            raise InvalidProblemError(f"every component of {name} must be a positive finite number, got {value!r}")
+        return v
+    return validate.positive_finite(name, value)
+
+
+def _tightest(tol: Union[float, torch.Tensor]) -> float:
+    return float(tol.min()) if isinstance(tol, torch.Tensor) else tol
 
 
 def _collect_params(func: Callable, params: Optional[Iterable[torch.Tensor]], y0: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -178,6 +236,41 @@ def _collect_params(func: Callable, params: Optional[Iterable[torch.Tensor]], y0
                 f"e.g. func.to('{y0.device}')"
             )
     return tuple(unique)
+
+
+def _time_text(t: Any) -> str:
+    try:
+        return f"{float(t.detach() if isinstance(t, torch.Tensor) else t):.6g}"
+    except (TypeError, ValueError, RuntimeError):
+        return repr(t)
+
+
+def check_rhs_meta(out: Any, y: torch.Tensor, t: Any) -> None:
+    """Check one ``func(t, y)`` output by metadata only (type, shape, dtype, device: no
+    host-device sync, about a microsecond), at every evaluation of a solve.
+
+    Without it a wrong shape that broadcasts (a (3, 1) output for a (3, 2) state) is
+    silently spread over the state, and a float32 output on a float64 state is
+    silently promoted, from whatever time ``func`` starts misbehaving.
+    """
+    if not isinstance(out, torch.Tensor):
+        raise RHSOutputError(
+            f"func(t, y) must return a torch.Tensor shaped like y, got {type(out).__name__} at t={_time_text(t)}"
+        )
+    if out.shape != y.shape:
+        raise RHSOutputError(
+            f"func(t, y) returned shape {tuple(out.shape)} at t={_time_text(t)}, but the state has shape "
+            f"{tuple(y.shape)}; dy/dt must have exactly the shape of y"
+        )
+    if out.dtype != y.dtype:
+        raise DTypeMismatchError(
+            f"func(t, y) returned dtype {out.dtype} at t={_time_text(t)}, but the state has dtype {y.dtype}; "
+            "make func's parameters and constants the same dtype as y0"
+        )
+    if out.device != y.device:
+        raise DeviceMismatchError(
+            f"func(t, y) returned a tensor on {out.device} at t={_time_text(t)}, but the state is on {y.device}"
+        )
 
 
 def check_rhs_output(out: Any, y0: torch.Tensor, t0: float) -> None:

@@ -79,15 +79,16 @@ def test_directad_gradient_wrt_params_argument_and_time():
         assert abs(t.grad[i] - fd_t) <= 1e-6 * max(abs(fd_t), 1e-3), (i, float(t.grad[i]), float(fd_t))
 
 
-def test_directad_backpropagates_through_step_size_controller():
-    """The naive method's graph includes h_n(y): its gradient differs from treating the
-    accepted steps as constants, and matches FD of the full adaptive map."""
+def test_directad_through_controller_backpropagates_through_step_size_controller():
+    """The naive method's graph includes h_n(y): its gradient matches FD of the full
+    adaptive map (step-size search included)."""
     a = torch.tensor(-1.3, dtype=torch.float64, requires_grad=True)
     y0 = torch.tensor([1.0], dtype=torch.float64)
     t = torch.tensor([0.0, 3.0], dtype=torch.float64)
 
     def loss_fn(a_):
-        return psg.odeint(lambda s, y: a_ * y * (1 + y**2), y0, t, rtol=1e-3, atol=1e-6, params=[a_], sensealg=psg.DirectAD())[-1].sum()
+        return psg.odeint(lambda s, y: a_ * y * (1 + y**2), y0, t, rtol=1e-3, atol=1e-6, params=[a_],
+                          sensealg=psg.DirectAD(through_controller=True))[-1].sum()
 
     loss_fn(a).backward()
     fd = central_fd(loss_fn, a.detach(), torch.tensor(1.0, dtype=torch.float64), eps=1e-7)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
+from ... import validate
 from ...errors import InvalidProblemError, UnknownOptionError
 from .stepping import RHS, rms_norm
 
@@ -27,7 +28,8 @@ class SolverOptions:
     step_size      fixed-step methods: the step (rounded so that equal steps span
                    [t0, t_end]); without it the save times ``t`` are the grid.
     first_step     adaptive methods: the first trial step (else Hairer-Wanner's guess).
-    min_step       an accepted step below this raises StepSizeUnderflowError.
+    min_step       a step below this raises StepSizeUnderflowError (the final step up to
+                   t_end may be shorter).
     max_step       upper bound on |h|.
     max_num_steps  guard against endless loops (accepted + rejected steps).
     safety, ifactor, dfactor   PI controller: h_new = h * clip(safety * r^-a * r_prev^b, dfactor, ifactor).
@@ -51,6 +53,9 @@ class SolverOptions:
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
+        """Validate and normalise the user's ``options`` (InvalidProblemError naming the
+        entry when one is out of range). Numbers may be Python numbers, NumPy scalars or
+        0-d tensors; a flag must be a bool."""
         options = dict(options or {})
         valid = sorted(cls.__dataclass_fields__)
         unknown = sorted(set(options) - set(valid))
@@ -58,36 +63,41 @@ class SolverOptions:
             raise UnknownOptionError(
                 f"unknown option(s) {unknown} for the torch engine; valid options are {valid}"
             )
-        opts = cls(**options)
-        opts._check()
+        clean = {}
+        for name, value in options.items():
+            label = f"options['{name}']"
+            check = _OPTION_CHECKS[name]
+            clean[name] = None if (value is None and name in _MAY_BE_NONE) else check(label, value)
+        opts = cls(**clean)
+        if not opts.dfactor < 1.0 < opts.ifactor:
+            # dfactor = 1 would never shrink a rejected step (an endless loop), ifactor = 1
+            # never grow an accepted one.
+            raise InvalidProblemError(
+                f"need dfactor < 1 < ifactor (step shrink / growth bounds of the controller), "
+                f"got dfactor={opts.dfactor:g}, ifactor={opts.ifactor:g}"
+            )
         return opts
 
-    def _check(self) -> None:
-        def positive(name: str, allow_none: bool = True) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise InvalidProblemError(f"options['{name}'] must be a positive number, got {value!r}")
 
-        if self.norm is not None and not callable(self.norm):
-            raise InvalidProblemError(
-                f"options['norm'] must be a function norm(x) -> 0-d tensor, got {type(self.norm).__name__}"
-            )
-        positive("step_size")
-        positive("first_step")
-        positive("max_step", allow_none=False)
-        positive("safety", allow_none=False)
-        if not isinstance(self.min_step, (int, float)) or self.min_step < 0:
-            raise InvalidProblemError(f"options['min_step'] must be >= 0, got {self.min_step!r}")
-        if not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
-            raise InvalidProblemError(
-                f"options['max_num_steps'] must be a positive integer, got {self.max_num_steps!r}"
-            )
-        if not (0 < self.dfactor <= 1 <= self.ifactor):
-            raise InvalidProblemError(
-                f"need 0 < dfactor <= 1 <= ifactor, got dfactor={self.dfactor}, ifactor={self.ifactor}"
-            )
+def _norm(name: str, value: Any) -> Callable:
+    if not callable(value):
+        raise InvalidProblemError(f"{name} must be a function norm(x) -> 0-d tensor, got {type(value).__name__}")
+    return value
+
+
+_OPTION_CHECKS = {
+    "step_size": validate.positive_finite,
+    "first_step": validate.positive_finite,
+    "min_step": validate.nonnegative_finite,
+    "max_step": validate.positive_or_inf,
+    "max_num_steps": validate.positive_int,
+    "safety": lambda name, v: validate.in_range(name, v, 0.0, 1.0, lo_open=True, hi_open=False),
+    "ifactor": validate.positive_finite,
+    "dfactor": validate.positive_finite,
+    "return_stats": validate.flag,
+    "norm": _norm,
+}
+_MAY_BE_NONE = ("step_size", "first_step", "norm")
 
 
 def _clip(x: Scalar, lo: float, hi: float) -> Scalar:
@@ -127,7 +137,7 @@ class PIController:
 
 
 def initial_step(
-    rhs: RHS, t0: Scalar, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float, direction: float
+    rhs: RHS, t0: Scalar, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: Scalar, atol: Scalar, direction: float
 ) -> torch.Tensor:
     """Hairer, Norsett & Wanner I, II.4 "starting step size" (one extra RHS evaluation).
 

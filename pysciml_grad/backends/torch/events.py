@@ -89,8 +89,8 @@ def find_event(problem: ODEProblem, G: Combined, direction: float) -> EventFound
         f0 = rhs(t0, y0)
         if method.adaptive:
             try:
-                integrate_adaptive(rhs, method.tableau, [t0, direction * math.inf], y0, f0, problem.rtol,
-                                   problem.atol, opts, False, counters, until=check)
+                integrate_adaptive(rhs, method.tableau, [t0, direction * math.inf], y0, f0, problem.rtol_y,
+                                   problem.atol_y, opts, False, counters, until=check)
             except MaxStepsExceededError as err:
                 raise _no_event(opts.max_num_steps, err) from err
         else:

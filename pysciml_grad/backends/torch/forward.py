@@ -78,6 +78,7 @@ def forward_solve(
     opts: SolverOptions,
     *,
     differentiate_control: bool,
+    differentiable_times: Optional[bool] = None,
     record: Record = None,
     t_save: Optional[Sequence[Union[float, torch.Tensor]]] = None,
     y0: Optional[torch.Tensor] = None,
@@ -87,13 +88,17 @@ def forward_solve(
     """Integrate ``problem`` and return the stacked states at the save times.
 
     Graph building follows the ambient ``torch.is_grad_enabled()``; with
-    ``differentiate_control`` step sizes and times stay tensors in that graph.
+    ``differentiate_control`` step sizes and error estimates stay tensors in that graph
+    (DirectAD(through_controller=True)); with ``differentiable_times`` (default: the
+    same as ``differentiate_control``) the times are tensors when ``t`` requires grad.
     ``f0``: func(t0, y0) when the caller has evaluated it already (the adjoints'
     discovery evaluation, ``discover.py``); it is counted, not recomputed.
     """
     y0 = problem.y0 if y0 is None else y0
+    if differentiable_times is None:
+        differentiable_times = differentiate_control
     if t_save is None:
-        t_save = save_times(problem, differentiate_control)
+        t_save = save_times(problem, differentiable_times)
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
     if f0 is None:
         f0 = rhs(t_save[0], y0)
@@ -103,7 +108,7 @@ def forward_solve(
     counters = Counters()
     if method.adaptive:
         ys = integrate_adaptive(
-            rhs, method.tableau, t_save, y0, f0, problem.rtol, problem.atol, opts,
+            rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
             differentiate_control, counters, record,
         )
     else:
@@ -119,7 +124,7 @@ def forward_solve(
 
 
 def check_finite_trajectory(ys: torch.Tensor, ts: Sequence[float]) -> None:
-    finite = torch.isfinite(ys.detach()).flatten(1).all(dim=1)
+    finite = torch.isfinite(ys.detach()).reshape(len(ts), -1).all(dim=1)  # 0-d states too
     if not bool(finite.all()):
         k = int((~finite).nonzero()[0])
         raise NonFiniteStateError(

@@ -23,6 +23,7 @@ from ...errors import (
     NonFiniteStateError,
     StepSizeUnderflowError,
 )
+from ...problem import check_rhs_meta
 from .control import PIController, SolverOptions, initial_step
 from .stepping import dense_eval, error_ratio, leapfrog_step, rk_step
 from .tableaus import ButcherTableau
@@ -31,7 +32,9 @@ Scalar = Union[float, torch.Tensor]
 
 
 class CountingRHS:
-    """Wraps ``func(t, y)``: counts evaluations, hands ``func`` a 0-d time tensor."""
+    """Wraps ``func(t, y)``: counts evaluations, hands ``func`` a 0-d time tensor in the
+    state's dtype (also when the solve carries times as float64 tensors for dL/dt), and
+    checks every output's type, shape, dtype and device (metadata only, no sync)."""
 
     def __init__(self, func: Callable, dtype: torch.dtype, device: torch.device):
         self.func = func
@@ -43,7 +46,11 @@ class CountingRHS:
         self.nfe += 1
         if not isinstance(t, torch.Tensor):
             t = torch.full((), t, dtype=self.dtype, device=self.device)
-        return self.func(t, y)
+        elif t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        out = self.func(t, y)
+        check_rhs_meta(out, y, t)
+        return out
 
 
 @dataclass
@@ -116,14 +123,21 @@ def _saves_in_step(t_save: Sequence[Scalar], ts: Sequence[float], i: int, t: Sca
     return saves, i
 
 
+#: After a trial step with a NaN/inf error estimate the step is shrunk by ``dfactor`` and
+#: retried (a too-large trial step can overflow, or leave the domain of func, e.g. sqrt
+#: of a negative state); once a run of such trials has shrunk h by this factor the
+#: non-finite values are func's own and the solve stops with NonFiniteStateError.
+NONFINITE_SHRINK_LIMIT = 1e-12
+
+
 def integrate_adaptive(
     rhs: CountingRHS,
     tab: ButcherTableau,
     t_save: Sequence[Scalar],
     y0: torch.Tensor,
     f0: torch.Tensor,
-    rtol: float,
-    atol: float,
+    rtol: Union[float, torch.Tensor],
+    atol: Union[float, torch.Tensor],
     opts: SolverOptions,
     differentiate_control: bool,
     counters: Counters,
@@ -133,8 +147,13 @@ def integrate_adaptive(
 ) -> List[torch.Tensor]:
     """Embedded-RK loop with PI control; returns the states at ``t_save``.
 
-    ``differentiate_control``: keep the error ratio and step sizes in the autograd
-    graph (DirectAD). Otherwise step sizes are Python floats, i.e. constants.
+    ``differentiate_control`` (DirectAD(through_controller=True)): the initial step,
+    the error ratios and the step sizes are tensors in the autograd graph. Otherwise
+    step sizes are Python floats, i.e. constants for the gradient, and the error
+    estimates are computed without a graph. Times are Python floats (float64) unless
+    ``t_save`` holds tensors (dL/dt wanted): then t_n = t_0 + (t_n - t_0 as a float) and
+    the last step h = t_end - t_n are tensors, the same map CheckpointAdjoint replays.
+    ``rtol``/``atol`` may be tensors broadcastable to the state (per component).
     ``ratio_fn(err, y, y_next)`` replaces the default RMS error ratio (the adjoint
     solves use a mixed norm over their stacked [y, a, dL/dtheta] blocks).
     ``until`` (see :data:`Until`) may end the loop after an accepted step; ``t_save[-1]``
@@ -145,68 +164,94 @@ def integrate_adaptive(
     controller = PIController.for_method(tab.error_order, opts)
     if ratio_fn is None and opts.norm is not None:
         ratio_fn = _user_norm_ratio(opts.norm, rtol, atol)
-    t: Scalar = t_save[0] if differentiate_control else ts[0]
-    t_end: Scalar = t_save[-1] if differentiate_control else ts[-1]
+    grad_ctl = differentiate_control and torch.is_grad_enabled()
+    tensor_times = isinstance(t_save[0], torch.Tensor)
+    t_end: Scalar = t_save[-1] if tensor_times else ts[-1]
+
+    def time_at(t_f: float) -> Scalar:
+        return t_save[0] + (t_f - ts[0]) if tensor_times else t_f
+
+    t_f = ts[0]
+    t: Scalar = t_save[0] if tensor_times else t_f
     y, k0 = y0, f0
     if opts.first_step is not None:
         h: Scalar = direction * opts.first_step
     else:
-        with torch.set_grad_enabled(differentiate_control and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(grad_ctl):
             h = initial_step(rhs, t, y0, f0, tab.order, rtol, atol, direction)
         if not differentiate_control:
             h = float(h)
+    h_f = as_float(h)
+    if not (math.isfinite(h_f) and h_f != 0.0):
+        raise NonFiniteStateError(
+            f"func(t, y) is finite at t={ts[0]:.6g} but NaN/inf just after it: the initial-step probe "
+            f"(one small explicit Euler step from t0) gave the step size {h_f!r}. Check func and its "
+            "parameters right after t0 (division by zero, log or sqrt of a negative number, overflow), "
+            "or pass options={'first_step': h}."
+        )
     h = _limit(h, opts.max_step)
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     prev_ratio: Scalar = 1.0
     i = 1
     trials = 0
-    last_trial_nonfinite = False
+    nonfinite_from: Optional[float] = None  # |h| of the first trial in a run of non-finite ones
     while i < len(ts):
         trials += 1
         if trials > opts.max_num_steps:
             raise MaxStepsExceededError(
-                f"max_num_steps={opts.max_num_steps} steps taken and t={as_float(t):.6g} reached, "
+                f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
             )
-        t_f, h_f = as_float(t), as_float(h)
+        h_f = as_float(h)
+        if not math.isfinite(h_f):
+            raise NonFiniteStateError(
+                f"the step size became {h_f!r} at t={t_f:.6g}: the error estimate is not finite "
+                "(func returns NaN/inf at a trial point). Check func and its parameters there."
+            )
         last = direction * (t_f + h_f - ts[-1]) >= 0
         if last:
-            h = t_end - t
             h_f = ts[-1] - t_f
-        if abs(h_f) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
-            if last_trial_nonfinite:
-                raise NonFiniteStateError(
-                    f"func(t, y) keeps producing NaN/inf near t={t_f:.6g}, even with step size "
-                    f"{abs(h_f):.3g}: check func and its parameters there (division by zero, log or "
-                    "sqrt of a negative number, overflow)."
-                )
-            raise StepSizeUnderflowError(
-                f"step size {abs(h_f):.3g} underflowed (min_step={opts.min_step:g}) at t={t_f:.6g}, "
-                f"|y|max={as_float(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
-                "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff solver "
-                "(backend='julia', method='Rodas5P')."
-            )
-        y_next, ks, err = rk_step(rhs, tab, t, y, h, k0)
-        with torch.set_grad_enabled(differentiate_control and torch.is_grad_enabled()):
+            h = t_end - t if (differentiate_control or tensor_times) else h_f
+        # The final stub up to t_end may be shorter than min_step: it is not a sign of trouble.
+        elif abs(h_f) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
+            raise _underflow(opts, t_f, h_f, y, counters, nonfinite_from is not None)
+        y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl)
+        with torch.set_grad_enabled(grad_ctl):
             if ratio_fn is None:
                 ratio_t = error_ratio(err, y, y_next, rtol, atol)
             else:
                 ratio_t = ratio_fn(err, y, y_next)
         ratio_f = as_float(ratio_t)
-        ratio: Scalar = ratio_t if differentiate_control else ratio_f
-        last_trial_nonfinite = not math.isfinite(ratio_f)
-        if last_trial_nonfinite:
-            # Too large a trial step can overflow; shrink and retry, the underflow guard ends it.
+        if not math.isfinite(ratio_f):
             _check_finite(ks[0], t_f, "func(t, y) at an accepted state")
+            if nonfinite_from is None:
+                nonfinite_from = abs(h_f)
+            elif abs(h_f) < NONFINITE_SHRINK_LIMIT * nonfinite_from:
+                raise NonFiniteStateError(
+                    f"func(t, y) returns NaN/inf at every trial step from t={t_f:.6g}, for step sizes from "
+                    f"{nonfinite_from:.3g} down to {abs(h_f):.3g}: check func and its parameters just after "
+                    f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
+                )
             counters.n_rejected += 1
-            h = h * opts.dfactor
+            h = (h * opts.dfactor) if differentiate_control else h_f * opts.dfactor
             continue
+        nonfinite_from = None
+        ratio: Scalar = ratio_t if differentiate_control else ratio_f
         accepted = ratio_f <= 1.0
         if accepted:
-            t_next: Scalar = t_end if last else t + h
             t_next_f = ts[-1] if last else t_f + h_f
-            saves, i = _saves_in_step(t_save if differentiate_control else ts, ts, i, t, h, t_next_f, direction, True)
+            if differentiate_control:
+                t_next: Scalar = t_end if last else t + h
+                if isinstance(t_next, torch.Tensor) and not last and as_float(t_next) == as_float(t):
+                    raise StepSizeUnderflowError(
+                        f"a step of size {abs(h_f):.3g} made no progress at t={t_f:.6g} in {t_next.dtype} "
+                        "time arithmetic: pass t in float64 (t.double()), or loosen rtol/atol."
+                    )
+            else:
+                t_next = t_end if last else time_at(t_next_f)
+            saves, i = _saves_in_step(t_save if (differentiate_control or tensor_times) else ts, ts, i, t, h,
+                                      t_next_f, direction, True)
             f_next_cache: List[torch.Tensor] = [ks[-1]] if tab.fsal else []
 
             def f_next() -> torch.Tensor:
@@ -221,23 +266,49 @@ def integrate_adaptive(
             counters.n_steps += 1
             if until is not None and until(step, t_next, y_next, f_next):
                 break
-            t, y = t_next, y_next
+            t, t_f, y = t_next, t_next_f, y_next
             k0 = f_next_cache[0] if f_next_cache else None
         else:
             counters.n_rejected += 1
-        h = _limit(h * controller.factor(ratio, prev_ratio, accepted), opts.max_step)
+        if differentiate_control:
+            h = _limit(h * controller.factor(ratio, prev_ratio, accepted), opts.max_step)
+        else:
+            h = _limit(h_f * controller.factor(ratio_f, prev_ratio, accepted), opts.max_step)
         if accepted:
             # Clamped on both paths: an exactly zero error (e.g. f = 0) must not zero the PI factor.
-            prev_ratio = max(ratio, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
+            prev_ratio = max(ratio_f, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
     return ys  # type: ignore[return-value]
 
 
-def _user_norm_ratio(norm: Callable, rtol: float, atol: float):
+def _user_norm_ratio(norm: Callable, rtol: Scalar, atol: Scalar):
     def ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor) -> torch.Tensor:
         scale = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
         return torch.as_tensor(norm(err / scale)).abs()
 
     return ratio
+
+
+def _underflow(opts: SolverOptions, t_f: float, h_f: float, y: torch.Tensor, counters: Counters,
+               nonfinite: bool) -> Exception:
+    """The error for a step size at or below min_step (or a few ulps of t)."""
+    if nonfinite:
+        return NonFiniteStateError(
+            f"func(t, y) keeps producing NaN/inf near t={t_f:.6g}, even with step size "
+            f"{abs(h_f):.3g}: check func and its parameters there (division by zero, log or "
+            "sqrt of a negative number, overflow)."
+        )
+    if counters.n_steps == 0 and abs(h_f) <= opts.min_step:
+        return StepSizeUnderflowError(
+            f"options['min_step']={opts.min_step:g} is larger than the first step size {abs(h_f):.3g} that "
+            f"rtol/atol need at t={t_f:.6g} (nothing has been integrated yet): lower min_step below "
+            "the step sizes the problem needs, or loosen rtol/atol."
+        )
+    return StepSizeUnderflowError(
+        f"step size {abs(h_f):.3g} underflowed (min_step={opts.min_step:g}) at t={t_f:.6g}, "
+        f"|y|max={as_float(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
+        "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff solver "
+        "(backend='julia', method='Rodas5P')."
+    )
 
 
 def _limit(h: Scalar, max_step: float) -> Scalar:
@@ -282,6 +353,11 @@ def integrate_fixed(
         grid: List[Scalar] = list(t_save)
         if tab is None:
             _require_uniform(ts)
+        if len(ts) - 1 > opts.max_num_steps:
+            raise MaxStepsExceededError(
+                f"the grid t has {len(ts) - 1} steps, more than max_num_steps={opts.max_num_steps}: "
+                "raise options['max_num_steps'] or pass fewer save times."
+            )
     else:
         if n > opts.max_num_steps:
             raise MaxStepsExceededError(

@@ -81,6 +81,7 @@ def rk_step(
     y: torch.Tensor,
     h: Scalar,
     k0: Optional[torch.Tensor] = None,
+    err_graph: bool = True,
 ) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor]]:
     """One explicit RK step from (t, y) with step h.
 
@@ -89,6 +90,8 @@ def rk_step(
     fixed-step tables). ``k0`` = f(t, y) when the caller already has it (FSAL).
     For an FSAL table the last stage is evaluated at y_next, so ``ks[-1]`` is
     f(t + h, y_next) and ``y_next`` is that stage's input (no second combination).
+    ``err_graph=False``: the error estimate is built without a graph (it only steers
+    the step size, which is then a constant for the gradient).
     """
     ks = [rhs(t, y) if k0 is None else k0]
     y_stage = y
@@ -96,18 +99,25 @@ def rk_step(
         y_stage = lincomb(y, h, a_i, ks)
         ks.append(rhs(t_i, y_stage))
     y_next = y_stage if tab.fsal else lincomb(y, h, tab.b, ks)
-    err = None if tab.b_err is None else weighted_sum(h, tab.b_err, ks)
+    if tab.b_err is None:
+        return y_next, ks, None
+    with torch.set_grad_enabled(err_graph and torch.is_grad_enabled()):
+        err = weighted_sum(h, tab.b_err, ks)
     return y_next, ks, err
 
 
-def error_ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+def error_ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor, rtol: Scalar, atol: Scalar) -> torch.Tensor:
     """Root-mean-square of err / (atol + rtol * max(|y|, |y_next|)) over all entries.
 
     The step is accepted when the ratio is <= 1 (Hairer, Norsett & Wanner I, II.4).
     One ratio for the whole tensor: a batch shares one step size, as in torchdiffeq.
+    ``rtol``/``atol`` are numbers or tensors broadcastable to y (per component).
+    The mean is clamped away from 0 before the square root, as in ``rms_norm``: an
+    exactly zero error estimate (f = 0, or a constant f with heun_euler) would
+    otherwise give sqrt'(0) = inf and NaN gradients through the controller.
     """
     scale = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
-    return (err / scale).square().mean().sqrt()
+    return (err / scale).square().mean().clamp_min(torch.finfo(err.dtype).tiny).sqrt()
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

@@ -100,17 +100,25 @@ class BacksolveStrategy:
         self.stats.nfe_backward += rhs.nfe
         self.stats.extra["backsolve_reconstruction_error"] = worst
         if worst > WARN_FACTOR:
-            warnings.warn(
-                f"BacksolveAdjoint: the reverse-time solve reconstructed y(t={worst_at:.6g}) with error "
-                f"{worst_abs:.3g} (max abs), {worst:.3g} times the tolerance (rtol={rtol:g}, atol={atol:g}); "
-                "the state the adjoint was computed along is not the forward trajectory, so the "
-                "gradient may be wrong by a similar relative amount. Use sensealg=psg.CheckpointAdjoint() "
-                "(exact for the discrete solve) or psg.InterpolatingAdjoint(), or tighten "
-                "adjoint_rtol/adjoint_atol.",
-                GradientAccuracyWarning,
-                stacklevel=3,
-            )
+            warnings.warn(self._drift_message(worst, worst_at, worst_abs, rtol, atol), GradientAccuracyWarning, stacklevel=3)
         return a.view_as(y0), None, scatter(len(params), idx, split_flat(g, ps))
+
+
+    def _drift_message(self, worst: float, worst_at: float, worst_abs: float, rtol: float, atol: float) -> str:
+        head = (f"BacksolveAdjoint: the reverse-time solve reconstructed y(t={worst_at:.6g}) with error "
+                f"{worst_abs:.3g} (max abs)")
+        tail = ("the state the adjoint was computed along is not the forward trajectory, so the gradient "
+                "may be wrong by a similar relative amount. Use sensealg=psg.CheckpointAdjoint() (exact for "
+                "the discrete solve) or psg.InterpolatingAdjoint()")
+        method = self.solver.method
+        if method.adaptive:
+            return (f"{head}, {worst:.3g} times the tolerance (rtol={rtol:g}, atol={atol:g}); {tail}, or tighten "
+                    "adjoint_rtol/adjoint_atol.")
+        # A fixed-step reverse solve ignores rtol/atol: the only knob is the step.
+        step = (f"options['step_size']={self.opts.step_size:g}" if self.opts.step_size is not None
+                else "the grid t (one step per save interval)")
+        return (f"{head} with the fixed-step method {method.name!r} on {step}; {tail}, or use a smaller "
+                "step_size (rtol/atol are not used by a fixed-step method).")
 
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:

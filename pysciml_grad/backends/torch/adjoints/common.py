@@ -202,7 +202,7 @@ def scatter(n_params: int, indices: Sequence[int], grads: Sequence[torch.Tensor]
 
 def check_incoming(grad_ys: torch.Tensor, ts: Sequence[float], name: str) -> None:
     """The gradient arriving from the loss must be finite (one host sync)."""
-    finite = torch.isfinite(grad_ys).flatten(1).all(dim=1)
+    finite = torch.isfinite(grad_ys).reshape(len(grad_ys), -1).all(dim=1)  # 0-d states too
     if not bool(finite.all()):
         k = int((~finite).nonzero()[0])
         raise NonFiniteGradientError(
