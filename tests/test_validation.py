@@ -396,3 +396,9 @@ def test_fixed_step_backsolve_warning_names_the_step_not_tolerances():
         ys[-1].sum().backward()
     msg = str(rec[0].message)
     assert "step_size" in msg and "adjoint_rtol" not in msg and "times the tolerance" not in msg
+
+
+def test_per_component_tolerance_refused_by_the_julia_translation():
+    """The Julia translation passes scalar tolerances: a tensor is refused, not reduced."""
+    with pytest.raises(errors.InvalidProblemError, match="backend='torch' only"):
+        psg.odeint(decay, Y0, T, rtol=torch.tensor([1e-6, 1e-7], dtype=F64), backend="julia")

@@ -654,6 +654,14 @@ def make_plan(problem: Any, need_grad: bool) -> Plan:
     device = y0.device.type
     check_dtype_device(dtype, device)
     spec = lookup_method(problem.method)
+    for name in ("rtol_y", "atol_y"):
+        if not isinstance(getattr(problem, name, 0.0), (int, float)):
+            # SciML takes vector tolerances, but this translation passes scalars: refuse
+            # rather than silently use the tightest component.
+            raise InvalidProblemError(
+                f"per-component {name[:4]} (a tensor) is supported by backend='torch' only; pass a number "
+                "to backend='julia'"
+            )
     t = tuple(float(x) for x in problem.t.detach().double().cpu().tolist())
     reversed_t = len(t) >= 2 and t[-1] < t[0]
     save_times = julia_save_times(t)
