@@ -161,6 +161,17 @@ end
     end
 end
 
+# SciMLBase copies fields named like its slots (vjp, jac, paramjac, ...) from the function
+# object into the ODEFunction; SciMLSensitivity >= 7.97 then calls f.vjp(λ, y, p, t)
+# instead of the PyRHS rrule (UPSTREAM.md, reserved field names).
+@testset "PyRHS fills no ODEFunction slot" begin
+    fun = PySciMLGrad.odefunction(PyRHS(Py(nothing), Py(nothing)))
+    @test fun.vjp === nothing
+    @test fun.jac === nothing
+    @test fun.paramjac === nothing
+    @test fun.jvp === nothing
+end
+
 @testset "unsupported combinations are PSGErrors" begin
     none = Py(nothing)
     py = PyRHS(none, none)

@@ -22,7 +22,9 @@ class JuliaRHS:
     ``u`` is the state in Julia's column-major layout: for ``y0`` of shape ``(B, D)``
     Julia sees a ``D x B`` matrix (each column one sample; see ``pysciml_grad.bridge``).
     ``p`` is one flat vector: the tensors passed as ``params=`` to ``odeint``, each
-    flattened in row-major order and concatenated in the order given. ``t`` is a Float64.
+    flattened in row-major order and concatenated in the order given. ``t`` has the state's
+    float type (Float64 or Float32). A decreasing ``t`` is solved in s = -t, but ``f`` is
+    always called with the original time.
 
     The source may hold several statements (``using LinearAlgebra; f(u, p, t) = ...; f``):
     it is evaluated in a fresh anonymous module and its last value must be the function.
