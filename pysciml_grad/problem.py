@@ -99,7 +99,7 @@ def make_problem(
     sensealg = sensealg.checked()
     if options is not None and not isinstance(options, Mapping):
         raise InvalidProblemError(f"options must be a dict such as {{'step_size': 0.01}}, got {type(options).__name__}")
-    options = dict(options or {})
+    options = {k: _plain(v) for k, v in (options or {}).items()}
     if "return_stats" in options:
         options["return_stats"] = validate.flag("options['return_stats']", options["return_stats"])
     all_params = _collect_params(func, params, y0)
@@ -204,6 +204,16 @@ def _check_tolerance(name: str, value: Any, y0: torch.Tensor) -> Union[float, to
             raise InvalidProblemError(f"every component of {name} must be a positive finite number, got {value!r}")
         return v
     return validate.positive_finite(name, value)
+
+
+def _plain(value: Any) -> Any:
+    """A 0-d tensor or NumPy scalar option value as the Python number it holds (both
+    engines then see plain numbers); bools and everything else pass unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return value.item()
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        return value.item()
+    return value
 
 
 def _tightest(tol: Union[float, torch.Tensor]) -> float:

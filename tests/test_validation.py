@@ -402,3 +402,30 @@ def test_per_component_tolerance_refused_by_the_julia_translation():
     """The Julia translation passes scalar tolerances: a tensor is refused, not reduced."""
     with pytest.raises(errors.InvalidProblemError, match="backend='torch' only"):
         psg.odeint(decay, Y0, T, rtol=torch.tensor([1e-6, 1e-7], dtype=F64), backend="julia")
+
+
+@pytest.mark.parametrize("name", ["backsolve", "interpolating", "quadrature"])
+def test_backward_evaluations_of_continuous_adjoints_are_checked(name):
+    """func turns bad only after the forward solve: the backward pass names it."""
+    bad = {"on": False}
+
+    def f(t, y):
+        return (-y)[:, :1] if bad["on"] else -y
+
+    y0 = torch.ones(3, 2, dtype=F64, requires_grad=True)
+    ys = psg.odeint(f, y0, T, sensealg=SENSEALGS[name])
+    bad["on"] = True
+    with pytest.raises(errors.RHSOutputError, match=r"shape \(3, 1\)"):
+        ys[-1].sum().backward()
+
+
+def test_julia_options_accept_tensor_and_numpy_numbers():
+    """The Julia translation sees plain numbers too (no Julia needed: translation only)."""
+    from pysciml_grad.backends.julia.translate import make_plan
+    from pysciml_grad.problem import make_problem
+
+    problem = make_problem(decay, Y0, T, method="tsit5", rtol=torch.tensor(1e-6), atol=np.float32(1e-8),
+                           options={"max_num_steps": torch.tensor(50), "first_step": np.float64(0.01)},
+                           params=None, sensealg=psg.GaussAdjoint(), backend="julia")
+    kwargs = make_plan(problem, need_grad=False).solve_options.kwargs
+    assert kwargs["maxiters"] == 50 and kwargs["dt"] == 0.01 and kwargs["reltol"] == pytest.approx(1e-6)

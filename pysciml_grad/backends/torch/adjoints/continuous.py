@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ....errors import InvalidProblemError, MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
-from ....problem import ODEProblem
+from ....problem import ODEProblem, check_rhs_meta
 from ..control import SolverOptions
 from ..forward import Method, lookup_method
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
@@ -98,6 +98,7 @@ class AdjointRHS:
                 self.known = None
             else:
                 fy = self.func(tt, yr)
+            check_rhs_meta(fy, yr, tt)  # the backward evaluations are checked like the forward ones
             grads = vjp([fy], [yr, *self.params], [a.view(self.shape)])
         parts = [fy.detach()] if self.trajectory is None else []
         parts += [-g for g in grads]
