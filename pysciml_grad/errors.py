@@ -24,6 +24,7 @@ Hierarchy::
     └── BackendUnavailableError(ImportError) the Julia engine cannot be started
 
     GradientAccuracyWarning(UserWarning)     a measured gradient-accuracy problem
+    SolverAccuracyWarning(UserWarning)       the solve went on, but a measured check says it may be inaccurate
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ class GradientAccuracyWarning(UserWarning):
     """A gradient was computed, but a measured check says it may be inaccurate."""
 
 
+class SolverAccuracyWarning(UserWarning):
+    """The solve finished, but a measured check (e.g. an implicit corrector that did not
+    converge) says the solution may be inaccurate."""
+
+
 __all__ = [
     "PySciMLGradError",
     "InvalidProblemError",
@@ -120,4 +126,5 @@ __all__ = [
     "MaxStepsExceededError",
     "BackendUnavailableError",
     "GradientAccuracyWarning",
+    "SolverAccuracyWarning",
 ]

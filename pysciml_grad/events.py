@@ -170,6 +170,7 @@ def odeint_event(
     ``stats.extra["event_search_nfe"]`` / ``["event_search_steps"]``.
     """
     from .backends.torch.events import find_event
+    from .backends.torch.stepping import hermite
     from .solve import default_sensealg, odeint
 
     if not callable(event_fn):
@@ -192,11 +193,11 @@ def odeint_event(
     G = _Combined(event_fn, t0, problem.y0)
     found = find_event(problem, G, direction)
 
-    rest: List[float] = [] if found.grid is None else list(found.grid[1:])
-    if rest and rest[-1] == found.t:
-        rest = rest[:-1]
-    t_solve = torch.cat([t0.reshape(1).to(torch.float64),
-                         torch.tensor(rest + [found.t], dtype=torch.float64, device=t0.device)])
+    # Adaptive: solve on [t0, t*] (the same steps, the last one cut at t*). Fixed step: solve on
+    # the search's grid through the end of the step holding t*, then take the same cubic Hermite
+    # dense output the root was found on, so that Y(t*) is the state the event was located in.
+    rest: List[float] = [found.t] if found.grid is None else list(found.grid[1:])
+    t_solve = torch.cat([t0.reshape(1).to(torch.float64), torch.tensor(rest, dtype=torch.float64, device=t0.device)])
     solve_options = dict(options or {})
     if found.grid is not None:
         solve_options.pop("step_size", None)  # the grid is t itself: the search's own steps
@@ -204,6 +205,11 @@ def odeint_event(
     out = odeint(func, y0, t_solve, method=method, rtol=rtol, atol=atol, sensealg=sensealg,
                  options=solve_options, params=params)
     ys_full, stats = out if return_stats else (out, None)
+    if found.grid is not None and found.theta != 1.0:
+        t_n, t_n1 = t_solve[-2].to(y0.dtype), t_solve[-1].to(y0.dtype)
+        y_n, y_n1 = ys_full[-2], ys_full[-1]
+        y_dense = hermite(found.theta, float(t_n1 - t_n), y_n, y_n1, problem.func(t_n, y_n), problem.func(t_n1, y_n1))
+        ys_full = torch.stack([ys_full[0], y_dense])
 
     event_params = list(event_fn.parameters()) if isinstance(event_fn, torch.nn.Module) else []
     seen, all_params = set(), []

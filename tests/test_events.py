@@ -186,3 +186,17 @@ def test_bad_input_raises_specific_errors():
         psg.odeint_event(f, y0, 0.0, event_fn=lambda t, y: 1.0)
     with pytest.raises(MaxStepsExceededError, match="did not change sign"):
         psg.odeint_event(f, y0, 0.0, event_fn=lambda t, y: y[1] ** 2 + 1.0, options={"max_num_steps": 50})
+
+
+@pytest.mark.parametrize("method", ["implicit_adams", "rk4"])
+def test_fixed_step_event_on_the_dense_output_with_its_gradient(method):
+    # y' = -k y, event y = c: t* = ln(y0 / c) / k, dt*/dk = -ln(y0 / c) / k^2; h = 0.01.
+    k = torch.tensor(0.7, dtype=D, requires_grad=True)
+    t_ev, ys = psg.odeint_event(lambda t, y: -k * y, torch.tensor([3.0], dtype=D), 0.0,
+                                event_fn=lambda t, y: y[0] - 0.5, method=method, options={"step_size": 0.01},
+                                params=[k])
+    L = math.log(6.0)
+    assert abs(float(t_ev.detach()) - L / 0.7) < 1e-9
+    assert abs(float(ys.detach()[-1, 0]) - 0.5) < 1e-12  # the state the root was found on
+    (dk,) = torch.autograd.grad(t_ev, [k])
+    assert abs(float(dk) + L / 0.49) < 1e-7

@@ -38,6 +38,8 @@ class SolverOptions:
                    x = err / (atol + rtol max(|y_n|, |y_{n+1}|)), replacing the RMS norm;
                    a step is accepted when it is <= 1. For a structured state it
                    receives that structure (torchdiffeq's ``norm`` option).
+    max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
+                   corrector iterations of implicit_adams (default 4).
     """
 
     step_size: Optional[float] = None
@@ -50,6 +52,8 @@ class SolverOptions:
     dfactor: float = 0.2
     return_stats: bool = False
     norm: Optional[Callable[[Any], Any]] = None
+    max_order: Optional[int] = None
+    max_iters: Optional[int] = None
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":

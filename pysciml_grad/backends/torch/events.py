@@ -24,6 +24,7 @@ from ...errors import MaxStepsExceededError, MissingStepSizeError, UnsupportedSe
 from ...problem import ODEProblem
 from .control import SolverOptions
 from .forward import LEAPFROG, lookup_method, parse
+from .adams import integrate_adams
 from .integrate import AcceptedStep, CountingRHS, Counters, integrate_adaptive
 from .stepping import dense_eval, rk_step
 
@@ -33,14 +34,16 @@ Combined = Callable[[float, torch.Tensor], float]
 
 @dataclass
 class EventFound:
-    """t* (float), the state there from the dense output, the fixed-step grid before
-    t* (``None`` for adaptive methods) and the search's work counters."""
+    """t* (float), the state there from the dense output, and for fixed-step methods the
+    grid up to the end of the step holding t* and theta = (t* - t_n) / h in it (``None``
+    for adaptive methods); the search's work counters."""
 
     t: float
     y: torch.Tensor
     grid: Optional[List[float]]
     nfe: int
     n_steps: int
+    theta: float = 1.0
 
 
 def _root(G: Combined, t_n: float, h: float, dense: Callable[[float], torch.Tensor]) -> float:
@@ -74,14 +77,14 @@ def find_event(problem: ODEProblem, G: Combined, direction: float) -> EventFound
                 arm(t_n + h, y_next)
             return False
         if g_next == 0:
-            found.append(EventFound(t_n + h, y_next, None, 0, 0))
+            found.append(EventFound(t_n + h, y_next, None, 0, 0, 1.0))
             return True
 
         def dense(theta: float) -> torch.Tensor:
             return dense_eval(method.tableau, theta, h, step.y, y_next, step.ks, f_next)
 
         theta = _root(G, t_n, h, dense)
-        found.append(EventFound(t_n + theta * h, dense(theta), None, 0, 0))
+        found.append(EventFound(t_n + theta * h, dense(theta), None, 0, 0, theta))
         return True
 
     counters = Counters()
@@ -93,6 +96,14 @@ def find_event(problem: ODEProblem, G: Combined, direction: float) -> EventFound
                                    problem.atol_y, opts, False, counters, until=check)
             except MaxStepsExceededError as err:
                 raise _no_event(opts.max_num_steps, err) from err
+        elif method.adams is not None:
+            h = direction * opts.step_size
+            n = opts.max_num_steps
+            integrate_adams(rhs, method.adams, [t0, t0 + n * h], y0, f0, opts, problem.rtol, problem.atol,
+                            counters, until=check)
+            if not found:
+                raise _no_event(n, None)
+            found[0].grid = [t0 + i * h for i in range(counters.n_steps + 1)]
         else:
             _fixed_search(rhs, method.tableau, t0, y0, f0, direction * opts.step_size, opts.max_num_steps,
                           check, found, counters)
@@ -116,7 +127,7 @@ def _fixed_search(rhs, tab, t0, y0, f0, h, max_steps, check, found, counters) ->
 
         counters.n_steps += 1
         if check(AcceptedStep(t_n, t_next - t_n, y, ks=ks), t_next, y_next, f_next):
-            found[0].grid = [t0 + i * h for i in range(j + 1)]
+            found[0].grid = [t0 + i * h for i in range(j + 2)]
             return
         y, k0 = y_next, (cache[0] if cache else None)
     raise _no_event(max_steps, None)

@@ -12,24 +12,27 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodError
+from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodError, UnknownOptionError
 from ...problem import ODEProblem, SolveStats, check_rhs_output
 from .control import SolverOptions
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
+from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .tableaus import TABLEAUS, ButcherTableau
 
 LEAPFROG = "leapfrog"
-FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG)
+FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG, *ADAMS_METHODS)
 ADAPTIVE_METHODS = ("heun_euler", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8")
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named method: a Butcher tableau, or leapfrog (``tableau is None``)."""
+    """A named method: a Butcher tableau, or leapfrog (``tableau is None``), or an Adams
+    multistep method (``adams``; its ``tableau`` is the RK4 start-up table)."""
 
     name: str
     tableau: Optional[ButcherTableau]
+    adams: Optional[AdamsSpec] = None
 
     @property
     def adaptive(self) -> bool:
@@ -46,6 +49,8 @@ def lookup_method(name: str) -> Method:
             f"unknown method {name!r} for the torch engine; fixed-step methods: {list(FIXED_METHODS)}, "
             f"adaptive methods: {list(ADAPTIVE_METHODS)} (SciML names such as 'Tsit5' or 'Rodas5P' need backend='julia')"
         )
+    if name in ADAMS_METHODS:
+        return Method(name, TABLEAUS["rk38"], ADAMS_METHODS[name])
     return Method(name, None if name == LEAPFROG else TABLEAUS[name])
 
 
@@ -62,6 +67,11 @@ def parse(problem: ODEProblem):
         raise MissingStepSizeError(
             f"options['step_size'] is for fixed-step methods, but {method.name!r} is adaptive; "
             f"drop step_size (control accuracy with rtol/atol) or pick one of {list(FIXED_METHODS)}"
+        )
+    if method.adams is None and (opts.max_order is not None or opts.max_iters is not None):
+        raise UnknownOptionError(
+            f"options 'max_order'/'max_iters' belong to the Adams methods, not {method.name!r}; drop them "
+            f"or use method='explicit_adams' / 'implicit_adams'"
         )
     return method, opts
 
@@ -111,6 +121,8 @@ def forward_solve(
             rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
             differentiate_control, counters, record,
         )
+    elif method.adams is not None:
+        ys = integrate_adams(rhs, method.adams, t_save, y0, f0, opts, problem.rtol, problem.atol, counters, record)
     else:
         ys = integrate_fixed(rhs, method.tableau, t_save, y0, f0, opts, counters, record)
     out = torch.stack(ys)

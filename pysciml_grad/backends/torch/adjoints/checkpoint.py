@@ -50,6 +50,8 @@ from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
 from ..discover import Watch, check_graph, rng_state, set_rng_state
+from ..adams import ADAMS_METHODS
+from . import recompute
 from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
@@ -315,4 +317,6 @@ class RNGRecord:
 
 
 def solve(problem: ODEProblem, stats: SolveStats) -> torch.Tensor:
+    if problem.method in ADAMS_METHODS:  # multistep: no one-step replay, recompute instead
+        return recompute.solve(problem, stats)
     return run(CheckpointStrategy(problem, stats), problem, NAME, replays_randomness=True)

@@ -36,6 +36,7 @@ from ....errors import InvalidProblemError, MaxStepsExceededError, NonFiniteStat
 from ....problem import ODEProblem, check_rhs_meta
 from ..control import SolverOptions
 from ..forward import Method, lookup_method
+from ..adams import integrate_adams
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
 from ..tableaus import ButcherTableau
@@ -142,6 +143,9 @@ class BackwardSolver:
                     rhs, self.method.tableau, [t_from, t_to], s0, f0, self.rtol, self.atol, self.opts,
                     False, Counters(), rec, ratio_fn=mixed_ratio(blocks, self.rtol, self.atol),
                 )
+            elif self.method.adams is not None:
+                ys = integrate_adams(rhs, self.method.adams, [t_from, t_to], s0, f0, self.opts, self.rtol, self.atol,
+                                     Counters(), rec)
             else:
                 ys = integrate_fixed(rhs, self.method.tableau, [t_from, t_to], s0, f0, self.opts, Counters(), rec)
         except NonFiniteStateError as err:
