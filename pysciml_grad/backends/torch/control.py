@@ -100,8 +100,10 @@ _OPTION_CHECKS = {
     "dfactor": validate.positive_finite,
     "return_stats": validate.flag,
     "norm": _norm,
+    "max_order": validate.positive_int,
+    "max_iters": validate.positive_int,
 }
-_MAY_BE_NONE = ("step_size", "first_step", "norm")
+_MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters")
 
 
 def _clip(x: Scalar, lo: float, hi: float) -> Scalar:
