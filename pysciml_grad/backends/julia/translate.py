@@ -205,6 +205,11 @@ TORCH_ONLY_METHODS = {
         "with the same coefficients; use backend='torch'"
         for name in ("heun3", "rk38", "fehlberg2", "dopri8")
     },
+    **{
+        name: "it is torchdiffeq's variable-order fixed-grid Adams method (RK4 start, order rising to 11), "
+        "which no SciML method reproduces step for step; use backend='torch'"
+        for name in ("explicit_adams", "implicit_adams", "fixed_adams")
+    },
 }
 
 
@@ -271,6 +276,11 @@ _CONTROLLER_REFUSAL = (
 TORCH_ONLY_OPTIONS = {
     "norm": "a Python error norm cannot be called from SciML's step controller without a "
     "Julia callback per step (SciML's internalnorm); use backend='torch'",
+    **{
+        name: "it configures the torch engine's torchdiffeq-style Adams methods, which the Julia "
+        "engine does not offer; use backend='torch'"
+        for name in ("max_order", "max_iters")
+    },
 }
 
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.
