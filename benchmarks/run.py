@@ -277,7 +277,7 @@ def _tdep(adjoint: bool):
 # label, library, gradient method, builder
 def speed_cases():
     return [
-        ("ours DirectAD", "pysciml_grad", "direct AD (through controller)", _ours("DirectAD")),
+        ("ours DirectAD", "pysciml_grad", "direct AD (accepted step sizes constant)", _ours("DirectAD")),
         ("ours CheckpointAdjoint", "pysciml_grad", "checkpointed discrete (ACA)", _ours("CheckpointAdjoint")),
         ("ours BacksolveAdjoint", "pysciml_grad", "continuous backsolve", _ours("BacksolveAdjoint")),
         ("ours InterpolatingAdjoint(ckpt)", "pysciml_grad", "continuous interpolating, checkpointing=True",

@@ -31,7 +31,9 @@ torch.set_num_threads(2)
 DT = torch.float64
 RTOLS = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
 SENSEALGS = {
-    "DirectAD": psg.DirectAD(),
+    # The pre-issue-8 DirectAD, which differentiated the step-size controller (plain
+    # DirectAD() now equals CheckpointAdjoint): the README's "DirectAD" column.
+    "DirectAD(through_controller=True)": psg.DirectAD(through_controller=True),
     "CheckpointAdjoint": psg.CheckpointAdjoint(),
     "BacksolveAdjoint": psg.BacksolveAdjoint(),
     "InterpolatingAdjoint": psg.InterpolatingAdjoint(),

@@ -50,12 +50,13 @@ def loss_of(model, y0, t, ys, sensealg=None, dtype=torch.float32):
 
 
 def gradient_check(model, y0, t, ys) -> dict:
-    """Default sensealg vs DirectAD vs float64 central differences along a random direction.
+    """Default sensealg vs DirectAD(through_controller=True) vs float64 central differences
+    along a random direction.
 
     All in float64 at the training tolerance (rtol 1e-5). CheckpointAdjoint is the exact
-    gradient of the solver's accepted steps with the step sizes held fixed; DirectAD and
-    finite differences of the adaptive solve also see the step sizes move, an O(rtol)
-    difference. The FD reference is taken at rtol 1e-10 so it measures the true error.
+    gradient of the solver's accepted steps with the step sizes held fixed (so is plain
+    DirectAD()); DirectAD(through_controller=True) and finite differences of the adaptive
+    solve also see the step sizes move, an O(rtol) difference. The FD reference is taken at rtol 1e-10 so it measures the true error.
     """
     m64 = copy.deepcopy(model).double()
     params = list(m64.parameters())
@@ -65,7 +66,7 @@ def gradient_check(model, y0, t, ys) -> dict:
         loss_of(m64, y0, t, ys, sensealg=sensealg, dtype=torch.float64).backward()
         return torch.cat([p.grad.reshape(-1) for p in params])
 
-    g_default, g_direct = grad_with(_solve.default_sensealg()), grad_with(DirectAD())
+    g_default, g_direct = grad_with(_solve.default_sensealg()), grad_with(DirectAD(through_controller=True))
     direction = torch.randn(g_default.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     flat = torch.cat([p.detach().reshape(-1) for p in params])
 
@@ -108,8 +109,8 @@ def run(iterations: int = 300, seed: int = 0) -> dict:
         if step == 4:
             check = gradient_check(model, y0, t, ys)
             print(
-                f"gradient check at step 4: {check['sensealg']} (rtol 1e-5) vs DirectAD "
-                f"{check['default_vs_directad']:.1e} relative (O(rtol): DirectAD also differentiates "
+                f"gradient check at step 4: {check['sensealg']} (rtol 1e-5) vs DirectAD(through_controller=True) "
+                f"{check['default_vs_directad']:.1e} relative (O(rtol): that one also differentiates "
                 f"the step sizes); vs float64 central FD of a rtol-1e-10 solve {check['default_vs_fd']:.1e}"
             )
         if step == 1 or step % 50 == 0:
