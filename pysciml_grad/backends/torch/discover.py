@@ -19,8 +19,9 @@ into an op:
   implemented outside Python's torch function dispatch); it is added too;
 * the CPU (and y0's CUDA device's) generator state before and after the call tells
   whether ``func`` draws random numbers (dropout in ``train()``);
-* the version counter of every outside tensor before and after tells which buffers
-  ``func`` updates in place (BatchNorm's running statistics in ``train()``).
+* the version counter of every outside tensor before and after, and for those needing
+  no grad a copy of the value, tell which buffers ``func`` updates in place
+  (BatchNorm's running statistics in ``train()``: its kernel does not bump the counter).
 
 Cost: one evaluation with a graph and one Python callback per op, instead of the same
 evaluation without a graph; no evaluation is added (f0 is handed to the forward
@@ -49,6 +50,10 @@ class Watch(TorchFunctionMode):
         self.produced: Dict[int, torch.Tensor] = {id(x): x for x in inside}
         self.outside: Dict[int, torch.Tensor] = {}
         self.versions: Dict[int, int] = {}
+        # Values of outside tensors that need no grad (buffers, constants): some kernels
+        # update them in place without bumping the version counter (batch_norm's running
+        # statistics), so a copy is compared after the call.
+        self.values: Dict[int, torch.Tensor] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -56,6 +61,8 @@ class Watch(TorchFunctionMode):
             if isinstance(x, torch.Tensor) and id(x) not in self.produced and id(x) not in self.outside:
                 self.outside[id(x)] = x
                 self.versions[id(x)] = x._version
+                if not x.requires_grad:
+                    self.values[id(x)] = x.detach().clone()
         out = func(*args, **kwargs)
         for x in tree_flatten(out)[0]:
             if isinstance(x, torch.Tensor) and id(x) not in self.outside:
@@ -107,7 +114,8 @@ def discover(func: Callable, t0: float, y0: torch.Tensor) -> Discovery:
     found: Dict[int, torch.Tensor] = {}
     mutated: List[torch.Tensor] = []
     for key, x in watch.outside.items():
-        if x._version != watch.versions[key]:
+        old = watch.values.get(key)
+        if x._version != watch.versions[key] or (old is not None and not _same(old, x)):
             mutated.append(x)
         elif x.requires_grad:
             found[key] = x
@@ -116,6 +124,10 @@ def discover(func: Callable, t0: float, y0: torch.Tensor) -> Discovery:
             found.setdefault(id(leaf), leaf)
     f0 = out.detach() if isinstance(out, torch.Tensor) else out
     return Discovery(f0, tuple(found.values()), random, tuple(mutated), before if random else None, devices)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b.detach()) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.detach().nan_to_num())))
 
 
 def _unseen_leaves(out: torch.Tensor, known: Sequence[torch.Tensor]) -> List[torch.Tensor]:
