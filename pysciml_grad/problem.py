@@ -8,7 +8,7 @@ change. Backend-specific names (methods, options) are validated by the backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from .errors import (
     InvalidTimeError,
     NonFiniteStateError,
     RHSOutputError,
+    UnsupportedSensitivityError,
 )
 from .sensealg import SensitivityAlgorithm
 
@@ -86,6 +87,7 @@ def make_problem(
     sensealg: SensitivityAlgorithm,
     backend: str,
 ) -> ODEProblem:
+    reject_vmap()
     if not callable(func):
         raise InvalidProblemError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")
     y0 = _check_y0(y0)
@@ -117,6 +119,24 @@ def make_problem(
         rtol_y=rtol_y,
         atol_y=atol_y,
     )
+
+
+def functorch_transforms() -> List[str]:
+    """Names of the torch.func transforms active around this call, outermost first."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    return [i.key().name for i in stack] if stack else []
+
+
+def reject_vmap() -> None:
+    """No sensealg runs under vmap: the step-size control and the finite checks branch on
+    tensor values, which vmap cannot batch."""
+    if "Vmap" in functorch_transforms():
+        raise UnsupportedSensitivityError(
+            "odeint cannot run under torch.func.vmap (nor jacrev/jacfwd, which use it): the solver "
+            "branches on tensor values (step acceptance, finite checks). Batch instead: give y0 a "
+            "leading batch dimension (func must accept it), or loop. torch.func.grad and "
+            "torch.func.vjp work with sensealg=psg.DirectAD()."
+        )
 
 
 #: Half-precision states are refused, not solved: see ``_check_y0``.
@@ -221,29 +241,43 @@ def _tightest(tol: Union[float, torch.Tensor]) -> float:
 
 
 def _collect_params(func: Callable, params: Optional[Iterable[torch.Tensor]], y0: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """func's module parameters, then ``params=`` materialised once (a generator is read
+    here and never again), deduplicated. Tensors func merely closes over need not be
+    listed: the torch engine's adjoints find them from the first evaluation."""
     found = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
+    n_module = len(found)
     if params is not None:
+        if isinstance(params, torch.nn.Module):
+            raise InvalidProblemError(
+                f"params must be tensors, got the module {type(params).__name__}; pass its parameters: "
+                "params=net.parameters() (or list(net.parameters()))"
+            )
         if isinstance(params, torch.Tensor):
             params = [params]
-        for p in params:
+        elif not isinstance(params, Iterable):
+            raise InvalidProblemError(f"params must be an iterable of tensors, got {type(params).__name__}")
+        for k, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
-                raise InvalidProblemError(f"params must be tensors, got {type(p).__name__}")
+                hint = "; pass its parameters: params=m.parameters()" if isinstance(p, torch.nn.Module) else ""
+                raise InvalidProblemError(f"params[{k}] must be a tensor, got {type(p).__name__}{hint}")
             found.append(p)
-    unique, seen = [], set()
-    for p in found:
-        if id(p) not in seen:
-            seen.add(id(p))
-            unique.append(p)
-    for p in unique:
+    first: Dict[int, int] = {}
+    for k, p in enumerate(found):
+        first.setdefault(id(p), k)
+    unique = [found[k] for k in first.values()]
+    for k in first.values():
+        p = found[k]
+        where = "a parameter of func" if k < n_module else f"params[{k - n_module}] (shape {tuple(p.shape)})"
+        fix = f"func.to({y0.dtype})" if k < n_module else f"create that tensor with dtype={y0.dtype}"
         if p.is_floating_point() and p.dtype != y0.dtype:
             raise DTypeMismatchError(
-                f"a parameter of func has dtype {p.dtype} but y0 has {y0.dtype}; use one dtype, "
-                f"e.g. func.to({y0.dtype}) or y0.to({p.dtype})"
+                f"{where} has dtype {p.dtype} but y0 has {y0.dtype}; use one dtype, "
+                f"e.g. {fix} or y0.to({p.dtype})"
             )
         if p.device != y0.device:
+            move = f"func.to('{y0.device}')" if k < n_module else f"create that tensor on device='{y0.device}'"
             raise DeviceMismatchError(
-                f"a parameter of func is on {p.device} but y0 is on {y0.device}; move them together, "
-                f"e.g. func.to('{y0.device}')"
+                f"{where} is on {p.device} but y0 is on {y0.device}; move them together, e.g. {move}"
             )
     return tuple(unique)
 

@@ -185,3 +185,19 @@ def test_no_extra_rhs_evaluation():
     with torch.no_grad():
         _, stats_ng = psg.odeint(func, y0, T, options={"return_stats": True})
     assert stats.nfe == stats_ng.nfe
+
+
+def test_params_given_a_module_says_parameters():
+    net = mlp()
+    y0 = torch.tensor([0.5, -0.3], dtype=torch.float64)
+    with pytest.raises(psg.errors.InvalidProblemError, match=r"net\.parameters\(\)"):
+        psg.odeint(lambda t, y: net(y), y0, T, params=net)
+
+
+def test_float32_tensor_in_params_is_named_not_func():
+    net = mlp()
+    y0 = torch.tensor([0.5, -0.3], dtype=torch.float64)
+    extra = torch.ones(3, requires_grad=True)  # float32
+    with pytest.raises(psg.errors.DTypeMismatchError, match=r"params\[1\] \(shape \(3,\)\)") as err:
+        psg.odeint(lambda t, y: net(y), y0, T, params=[net[0].weight, extra])
+    assert "func.to" not in str(err.value)

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ....errors import NonFiniteGradientError, UnsupportedSensitivityError
-from ....problem import ODEProblem
+from ....problem import ODEProblem, functorch_transforms
 from ..discover import Discovery, discover
 from ..forward import forward_solve
 
@@ -148,11 +148,13 @@ def run(strategy, problem: ODEProblem, name: str, replays_randomness: bool) -> t
 def reject_functorch(name: str) -> None:
     """The adjoint Functions keep a Python record between forward and backward, which
     torch.func's transforms cannot trace; say so instead of torch's generic error."""
-    if torch._C._functorch.peek_interpreter_stack() is not None:
+    active = functorch_transforms()
+    if active:
         raise UnsupportedSensitivityError(
-            f"{name} cannot run under torch.func transforms (grad, vmap, jacrev, ...): its backward "
-            "pass replays a record kept outside autograd. Use sensealg=psg.DirectAD(), which is "
-            "plain autograd and works under torch.func, or call loss.backward() / torch.autograd.grad."
+            f"{name} cannot run under torch.func transforms (here: {', '.join(active)}): its backward "
+            "pass replays a record kept outside autograd. Use sensealg=psg.DirectAD(), which is plain "
+            "autograd and works under torch.func.grad and torch.func.vjp (not vmap, nor jacrev/jacfwd, "
+            "which use vmap: batch the state in y0 instead), or call loss.backward() / torch.autograd.grad."
         )
 
 
