@@ -75,7 +75,8 @@ def test_func_output_dtype():
 
 def test_parameter_dtype_mismatch_caught_before_solving():
     net = torch.nn.Linear(2, 2)  # float32 parameters, float64 state
-    with pytest.raises(errors.DTypeMismatchError, match="func.to"):
+    # func is a lambda (no .to): the message names the tensor in params= (issue 8 section 7).
+    with pytest.raises(errors.DTypeMismatchError, match=r"params\[0\] \(shape \(2, 2\)\) has dtype torch.float32"):
         psg.odeint(lambda t, y: net(y), Y0, T, params=list(net.parameters()))
 
 
