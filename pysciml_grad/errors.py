@@ -25,6 +25,7 @@ Hierarchy::
 
     GradientAccuracyWarning(UserWarning)     a measured gradient-accuracy problem
     SolverAccuracyWarning(UserWarning)       the solve went on, but a measured check says it may be inaccurate
+    UnsupportedCallbackWarning(UserWarning)  a step callback on func that the method never calls
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class GradientAccuracyWarning(UserWarning):
     """A gradient was computed, but a measured check says it may be inaccurate."""
 
 
+class UnsupportedCallbackWarning(UserWarning):
+    """``func`` defines a step callback (torchdiffeq's names) that the chosen method never calls."""
+
+
 class SolverAccuracyWarning(UserWarning):
     """The solve finished, but a measured check (e.g. an implicit corrector that did not
     converge) says the solution may be inaccurate."""
@@ -127,4 +132,5 @@ __all__ = [
     "BackendUnavailableError",
     "GradientAccuracyWarning",
     "SolverAccuracyWarning",
+    "UnsupportedCallbackWarning",
 ]

@@ -46,6 +46,7 @@ from typing import Deque, List, Optional, Sequence, Tuple
 import torch
 
 from ...errors import InvalidProblemError, MaxStepsExceededError, SolverAccuracyWarning
+from . import callbacks
 from .integrate import AcceptedStep, CountingRHS, Counters, Record, Scalar, Until, _saves_in_step, as_float, fixed_grid
 from .stepping import hermite, rk_step
 from .tableaus import TABLEAUS
@@ -151,9 +152,12 @@ def integrate_adams(
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     i = 1
     y, f_n = y0, f0
+    cb = callbacks.of(rhs)
     for j in range(len(grid) - 1):
         t, t_next = grid[j], grid[j + 1]
         h = t_next - t
+        if cb.step is not None:
+            cb.step(t, y, h)
         if f_n is None:
             f_n = rhs(t, y)
         history.appendleft(f_n)

@@ -25,6 +25,7 @@ from ...problem import ODEProblem
 from .control import SolverOptions
 from .forward import LEAPFROG, lookup_method, parse
 from .adams import integrate_adams
+from .callbacks import NONE as NO_CALLBACKS
 from .integrate import AcceptedStep, CountingRHS, Counters, integrate_adaptive
 from .stepping import dense_eval, rk_step
 
@@ -66,6 +67,7 @@ def find_event(problem: ODEProblem, G: Combined, direction: float) -> EventFound
     y0 = problem.y0.detach()
     t0 = float(problem.t[0].detach())
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
+    rhs.callbacks = NO_CALLBACKS  # step callbacks fire once, in the differentiable solve
     found: List[EventFound] = []
 
     def check(step: AcceptedStep, t_next, y_next, f_next) -> bool:

@@ -14,6 +14,7 @@ import torch
 
 from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodError, UnknownOptionError
 from ...problem import ODEProblem, SolveStats, check_rhs_output
+from .callbacks import warn_unsupported
 from .control import SolverOptions
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
@@ -110,6 +111,7 @@ def forward_solve(
     if t_save is None:
         t_save = save_times(problem, differentiable_times)
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
+    warn_unsupported(rhs.callbacks, method.name, method.adaptive)
     if f0 is None:
         f0 = rhs(t_save[0], y0)
     else:

@@ -24,6 +24,8 @@ from ...errors import (
     StepSizeUnderflowError,
 )
 from ...problem import check_rhs_meta
+from . import callbacks as _callbacks
+from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .stepping import dense_eval, error_ratio, leapfrog_step, rk_step
 from .tableaus import ButcherTableau
@@ -41,6 +43,7 @@ class CountingRHS:
         self.dtype = dtype
         self.device = device
         self.nfe = 0
+        self.callbacks = StepCallbacks.from_func(func)  # torchdiffeq's callback_step etc. (callbacks.py)
 
     def __call__(self, t: Scalar, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
@@ -191,6 +194,7 @@ def integrate_adaptive(
         )
     h = _limit(h, opts.max_step)
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
+    cb = _callbacks.of(rhs)
     prev_ratio: Scalar = 1.0
     i = 1
     trials = 0
@@ -216,6 +220,8 @@ def integrate_adaptive(
         # The final stub up to t_end may be shorter than min_step: it is not a sign of trouble.
         elif abs(h_f) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
             raise _underflow(opts, t_f, h_f, y, counters, nonfinite_from is not None)
+        if cb.step is not None:
+            cb.step(t, y, h)
         y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl)
         with torch.set_grad_enabled(grad_ctl):
             if ratio_fn is None:
@@ -234,11 +240,17 @@ def integrate_adaptive(
                     f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
                 )
             counters.n_rejected += 1
+            if cb.reject is not None:
+                cb.reject(t, y, h)
             h = (h * opts.dfactor) if differentiate_control else h_f * opts.dfactor
             continue
         nonfinite_from = None
         ratio: Scalar = ratio_t if differentiate_control else ratio_f
         accepted = ratio_f <= 1.0
+        if cb.accept is not None and accepted:
+            cb.accept(t, y, h)
+        elif cb.reject is not None and not accepted:
+            cb.reject(t, y, h)
         if accepted:
             t_next_f = ts[-1] if last else t_f + h_f
             if differentiate_control:
@@ -372,9 +384,12 @@ def integrate_fixed(
     i = 1
     y, k0 = y0, f0
     y_prev: Optional[torch.Tensor] = None
+    cb = _callbacks.of(rhs)
     for j in range(len(grid) - 1):
         t, t_next = grid[j], grid[j + 1]
         h = t_next - t
+        if cb.step is not None:
+            cb.step(t, y, h)
         if tab is None:
             if y_prev is None:  # Euler start
                 y_next, ks = y + h * k0, [k0]

@@ -37,6 +37,7 @@ from ....problem import ODEProblem, check_rhs_meta
 from ..control import SolverOptions
 from ..forward import Method, lookup_method
 from ..adams import integrate_adams
+from ..callbacks import StepCallbacks
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
 from ..tableaus import ButcherTableau
@@ -81,6 +82,7 @@ class AdjointRHS:
         self.params = list(params) if with_params else []
         self.trajectory = trajectory
         self.nfe = 0
+        self.callbacks = StepCallbacks.from_func(func, adjoint=True)  # the *_adjoint step callbacks
 
     def __call__(self, t, s: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
