@@ -495,6 +495,11 @@ def translate_sensealg(
                 f"{device} use InterpolatingAdjoint/GaussAdjoint/BacksolveAdjoint or ForwardDiffSensitivity()"
             )
         return JuliaCall.of("ReverseDiffAdjoint")
+    if getattr(sensealg, "seminorm", False):
+        raise UnsupportedSensitivityError(
+            f"{type(sensealg).__name__}(seminorm=True) is not translated for backend='julia' (no SciML "
+            "adjoint keyword for it was checked against SciMLSensitivity's source); use backend='torch'"
+        )
     vjp = _vjp_kwargs(autojacvec, python_rhs, n_params)
     if isinstance(sensealg, BacksolveAdjoint):
         _no_separate_adjoint_settings(sensealg, rtol, atol, method)

@@ -49,6 +49,14 @@ from .schedule import OnlineThinning, sqrt_capacity
 Blocks = Sequence[Tuple[int, int]]
 
 
+def seminorm(sensealg) -> bool:
+    """``sensealg.seminorm``, checked: the flag of Backsolve/InterpolatingAdjoint."""
+    value = getattr(sensealg, "seminorm", False)
+    if not isinstance(value, bool):
+        raise InvalidProblemError(f"{type(sensealg).__name__}(seminorm={value!r}): must be True or False")
+    return value
+
+
 def mixed_ratio(blocks: Blocks, rtol: float, atol: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """err -> max over blocks of RMS(err / (atol + rtol max(|y|, |y_next|))) of the block."""
 

@@ -28,6 +28,7 @@ from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import CountingRHS
 from .common import check_incoming, reject_double_backward, run, scatter, trainable
+from .continuous import seminorm
 from .continuous import AdjointRHS, BackwardSolver, Trajectory, adjoint_settings, block_sizes, split_flat
 
 NAME = "InterpolatingAdjoint"
@@ -45,6 +46,7 @@ class InterpolatingStrategy:
         forward_grid = not self.method.adaptive and self.opts.step_size is None
         self.solver = BackwardSolver(self.name, adj_method, self.opts, self.rtol, self.atol, forward_grid)
         self.checkpointing = checkpointing
+        self.seminorm = seminorm(problem.sensealg)
         self.ts = save_times(problem, False)
         self.trajectory = None
         self.discovery = None
@@ -82,6 +84,8 @@ class InterpolatingStrategy:
         rhs = AdjointRHS(self.problem.func, y0, ps, trajectory=traj, known=params, name=self.name)
         n, n_p = y0.numel(), sum(p.numel() for p in ps)
         blocks = block_sizes([n, n_p])
+        if self.seminorm:
+            blocks = blocks[:1]  # Kidger et al. 2021: dL/dtheta's error does not steer the steps
         s = torch.cat([grad_ys[-1].reshape(-1), y0.new_zeros(n_p)])
         for i in range(len(self.ts) - 1, 0, -1):
             s = self.solver.integrate(rhs, s, self.ts[i], self.ts[i - 1], blocks)
