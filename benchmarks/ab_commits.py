@@ -9,8 +9,10 @@ Each measurement is a fresh child process that imports pysciml_grad from one che
 warms up twice and times ``--repeats`` forward + backward solves (MLP 2->64->64->2,
 batch 512, float32, dopri5, rtol 1e-6, atol 1e-8, one torch thread). The children
 alternate between the two checkouts for ``--rounds`` rounds, so load on a shared machine
-falls on both alike; the table reports, per configuration, the minimum over all timed
-runs of each checkout and the ratio after / before. torchdiffeq's ``odeint`` runs in the
+falls on both alike; the time is the child's CPU time (``time.process_time``, one torch
+thread), which other processes on a shared machine disturb far less than wall time; the
+table reports, per configuration, the minimum over all timed runs of each checkout and
+the ratio after / before. torchdiffeq's ``odeint`` runs in the
 same children as a control: its ratio shows the noise floor. Writes
 ``benchmarks/ab_commits.md``.
 """
@@ -52,10 +54,10 @@ for name in {cases!r}:
     for r in range(repeats + 2):
         for p in params:
             p.grad = None
-        start = time.perf_counter()
+        start = time.process_time()
         prob.loss(run()[-1]).backward()
         if r >= 2:
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
     out[name] = times
 print(json.dumps(out))
 """
@@ -75,7 +77,7 @@ def main(argv=None) -> str:
         "# A/B timing of two checkouts (`python benchmarks/ab_commits.py`; generated)",
         "",
         f"before = `{args.before}`, after = `{args.after}`; {args.rounds} alternating rounds x {args.repeats} "
-        "timed runs per checkout; minimum forward + backward time (ms); MLP 2->64->64->2, batch 512, "
+        "timed runs per checkout; minimum forward + backward CPU time (ms); MLP 2->64->64->2, batch 512, "
         "float32, dopri5, rtol 1e-6, 1 thread.",
         "",
         "| t1 | solver | before (ms) | after (ms) | after / before |",

@@ -429,3 +429,10 @@ def test_julia_options_accept_tensor_and_numpy_numbers():
                            params=None, sensealg=psg.GaussAdjoint(), backend="julia")
     kwargs = make_plan(problem, need_grad=False).solve_options.kwargs
     assert kwargs["maxiters"] == 50 and kwargs["dt"] == 0.01 and kwargs["reltol"] == pytest.approx(1e-6)
+
+
+def test_fixed_step_that_makes_no_progress_raises():
+    """At t ~ 1e12 a step of 1e-6 is below float64's resolution (ulp 1.2e-4): t + h == t."""
+    t = torch.tensor([1e12, 1e12 + 1e-3], dtype=F64)
+    with pytest.raises(errors.StepSizeUnderflowError, match="no progress"):
+        psg.odeint(decay, Y0, t, method="euler", options={"step_size": 1e-6})

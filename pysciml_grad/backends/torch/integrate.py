@@ -379,6 +379,13 @@ def integrate_fixed(
         t0, t1 = t_save[0], t_save[-1]
         grid = [t0 + (t1 - t0) * (j / n) for j in range(n)] + [t1]
     grid_f = [as_float(x) for x in grid]
+    if n is not None and any(b == a for a, b in zip(grid_f, grid_f[1:])):
+        # t0 + h == t0 in floating point: the steps would leave y unchanged, silently.
+        raise StepSizeUnderflowError(
+            f"step_size={opts.step_size:g} is below the resolution of the times near t={ts[0]:.6g} "
+            "(t + h == t in float64), so the steps would make no progress: use a larger step_size, "
+            "or shift the time origin (solve on t - t[0])."
+        )
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     i = 1
