@@ -12,7 +12,14 @@ from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public nam
 from .sensealg import __all__ as _sensealg_names
 from .events import odeint_event
 from .solve import odeint
+from .training import (
+    PolynomialLibrary, SparseModel, fit_lbfgs, group_ranges, multiple_shoot, shooting_initial_states, stlsq,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "odeint_event", "errors", "julia", "SolveStats", *_sensealg_names]
+__all__ = [
+    "odeint", "odeint_event", "errors", "julia", "SolveStats", *_sensealg_names,
+    "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
+    "PolynomialLibrary", "SparseModel", "stlsq",
+]
