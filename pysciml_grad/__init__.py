@@ -12,6 +12,7 @@ from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public nam
 from .sensealg import __all__ as _sensealg_names
 from .events import odeint_event
 from .solve import odeint
+from .gradaudit import AuditReport, audit
 from .training import (
     PolynomialLibrary, SparseModel, fit_lbfgs, group_ranges, multiple_shoot, shooting_initial_states, stlsq,
 )
@@ -20,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "odeint", "odeint_event", "errors", "julia", "SolveStats", *_sensealg_names,
-    "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
+    "audit", "AuditReport", "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
     "PolynomialLibrary", "SparseModel", "stlsq",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pysciml_grad {demo,check,info,julia install}``."""
+"""Command line: ``python -m pysciml_grad {demo,check,audit,info,julia install}``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def main(argv=None) -> int:
     check.add_argument("--json", default=None, help="also write the rows to this JSON file")
     check.add_argument("--rtol", type=float, default=1e-6)
     check.add_argument("--backend", choices=["torch", "julia", "all"], default="all")
+    aud = sub.add_parser("audit", help="every sensealg on the problem a script defines (func, y0, t, loss) vs a float64 reference")
+    aud.add_argument("script", help="a Python file defining func, y0, t, loss (optionally params, method, rtol, atol, options, sensealgs)")
+    aud.add_argument("--rtol", type=float, default=None, help="override the script's rtol (default 1e-6)")
+    aud.add_argument("--atol", type=float, default=None)
+    aud.add_argument("--method", default=None)
+    aud.add_argument("--json", default=None, help="also write the report to this JSON file")
     julia = sub.add_parser("julia", help="manage the Julia engine")
     julia.add_argument("action", choices=["install"], help="resolve and precompile the Julia packages (needs network)")
     julia.add_argument("--cuda", action="store_true", help="also install CUDA.jl and DLPack.jl for GPU solves")
@@ -65,6 +71,11 @@ def main(argv=None) -> int:
 
         backends = ("torch", "julia") if args.backend == "all" else (args.backend,)
         check_main(args.json, args.rtol, backends)
+        return 0
+    if args.command == "audit":
+        from .gradaudit import audit_script
+
+        audit_script(args.script, json_path=args.json, rtol=args.rtol, atol=args.atol, method=args.method)
         return 0
     return _julia(args)
 
