@@ -49,6 +49,7 @@ import torch
 
 from .errors import InvalidProblemError, InvalidTimeError, NonFiniteGradientError, RHSOutputError
 from .problem import make_problem
+from .pytree import StructuredFunc, is_structured, structure_of
 from .sensealg import SensitivityAlgorithm
 
 
@@ -154,7 +155,8 @@ def odeint_event(
     Parameters
     ----------
     func, y0, method, rtol, atol, sensealg, options, params : as in :func:`pysciml_grad.odeint`
-        (torch engine). Fixed-step methods need ``options={"step_size": h}``; leapfrog is
+        (torch engine); y0 may be a structured state (tuple/list/dict of tensors), which
+        ``event_fn`` then receives too and ``ys`` returns (leaves of shape ``(2, *leaf.shape)``). Fixed-step methods need ``options={"step_size": h}``; leapfrog is
         not supported. ``max_num_steps`` bounds the search.
     t0 : the initial time, a 0-d (or 1-element) tensor or a number; may require grad.
     event_fn : ``event_fn(t, y) -> tensor``, one value or several; the solve stops where the
@@ -175,6 +177,19 @@ def odeint_event(
 
     if not callable(event_fn):
         raise InvalidProblemError(f"event_fn must be callable as event_fn(t, y) -> tensor, got {type(event_fn).__name__}")
+    if is_structured(y0):
+        # As psg.odeint: solve on the flat state; func and event_fn see the user's structure.
+        if not callable(func):
+            raise InvalidProblemError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")
+        structure = structure_of(y0)
+        own = list(event_fn.parameters()) if isinstance(event_fn, torch.nn.Module) else []
+        extra = [] if params is None else ([params] if isinstance(params, torch.Tensor) else list(params))
+        out = odeint_event(
+            StructuredFunc(func, structure), structure.flatten(y0), t0,
+            event_fn=lambda t, y: event_fn(t, structure.unflatten(y)), reverse_time=reverse_time, method=method,
+            rtol=rtol, atol=atol, sensealg=sensealg, options=options, params=[*extra, *own] or None,
+        )
+        return (out[0], structure.unflatten(out[1], (2,)), *out[2:])
     if not isinstance(y0, torch.Tensor):
         raise InvalidProblemError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     if not isinstance(t0, torch.Tensor):

@@ -200,3 +200,18 @@ def test_fixed_step_event_on_the_dense_output_with_its_gradient(method):
     assert abs(float(ys.detach()[-1, 0]) - 0.5) < 1e-12  # the state the root was found on
     (dk,) = torch.autograd.grad(t_ev, [k])
     assert abs(float(dk) + L / 0.49) < 1e-7
+
+
+def test_structured_state_ball_drop():
+    # The ball drop with y = {"x": height, "v": velocity}: same closed forms as above.
+    h0, g0 = 2.0, 9.81
+    g = torch.tensor(g0, dtype=D, requires_grad=True)
+    h = torch.tensor([h0], dtype=D, requires_grad=True)
+    y0 = {"x": h, "v": torch.zeros(1, dtype=D)}
+    t_ev, ys = psg.odeint_event(lambda t, y: {"x": y["v"], "v": -g * torch.ones_like(y["x"])}, y0, 0.0,
+                                event_fn=lambda t, y: y["x"][0], params=[g], rtol=1e-10, atol=1e-12)
+    assert set(ys) == {"x", "v"} and ys["v"].shape == (2, 1)
+    assert abs(float(t_ev.detach()) - math.sqrt(2 * h0 / g0)) < 1e-12
+    dt_dh, dt_dg = torch.autograd.grad(t_ev, [h, g])
+    assert abs(float(dt_dh) - 1 / math.sqrt(2 * h0 * g0)) < 1e-8
+    assert abs(float(dt_dg) + 0.5 * math.sqrt(2 * h0) * g0**-1.5) < 1e-8
