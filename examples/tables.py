@@ -65,19 +65,20 @@ def audit_markdown(r) -> str:
 
 def three_body_markdown(r) -> str:
     lines = [
-        f"Command: `{r['command']}`; run time {r['run_time_s']:.0f} s wall. True masses {r['true_masses']}, "
+        f"Command: `{r['command']}`; run time {r['run_time_s']:.0f} s wall"
+        + (f", {r['cpu_time_s']:.0f} s CPU" if "cpu_time_s" in r else "") + f". True masses {r['true_masses']}, "
         f"initial guess {r['initial_masses']}.",
         "",
-        "| sensealg | learned masses | max rel. mass error | prediction RMSE on [T, 2T] | time (s) | NFE fwd/bwd per step |",
-        "|---|---|---|---|---|---|",
+        "| sensealg | learned masses | max rel. mass error | prediction RMSE on [T, 2T] | fit time (s) | LBFGS iterations | NFE fwd/bwd of one gradient |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         if "skipped" in row:
-            lines.append(f"| {row['sensealg']} | not run: {row['skipped'][:120]} | | | | |")
+            lines.append(f"| {row['sensealg']} | not run: {row['skipped'][:120]} | | | | | |")
             continue
         masses = ", ".join(f"{m:.4f}" for m in row["masses"])
         lines.append(f"| `{row['sensealg']}` | {masses} | {row['mass_rel_error']:.2e} | {row['predict_rmse']:.2e} | "
-                     f"{row['time_s']:.1f} | {row['nfe']}/{row['nfe_backward']} |")
+                     f"{row['time_s']:.1f} | {row['lbfgs_iterations']} | {row['nfe']}/{row['nfe_backward']} |")
     return "\n".join(lines)
 
 
