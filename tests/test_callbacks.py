@@ -86,3 +86,26 @@ def test_no_callbacks_no_warning_and_callbacks_fire_in_reverse_time():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         psg.odeint(lambda t, y: -y, torch.tensor([1.0], dtype=D), torch.linspace(0, 1, 5, dtype=D), method="rk4")
+
+
+def test_callbacks_survive_a_random_func_under_checkpoint_adjoint():
+    # Dropout in train() mode makes CheckpointAdjoint record the RNG around func; the
+    # callbacks must still fire, once per fixed step.
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2).double()
+            self.drop = torch.nn.Dropout(0.2)
+            self.n = 0
+
+        def forward(self, t, y):
+            return self.drop(self.lin(y))
+
+        def callback_step(self, t0, y0, dt):
+            self.n += 1
+
+    f = Noisy().train()
+    ys = psg.odeint(f, torch.ones(2, dtype=D), torch.tensor([0.0, 1.0], dtype=D), method="rk4",
+                    options={"step_size": 0.1})
+    assert f.n == 10
+    ys.sum().backward()

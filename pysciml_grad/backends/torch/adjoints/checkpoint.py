@@ -52,6 +52,7 @@ from ..integrate import AcceptedStep, CountingRHS
 from ..discover import Watch, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
 from . import recompute
+from ..callbacks import NAMES as _CB
 from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
@@ -261,6 +262,9 @@ class CheckpointStrategy:
         return g_y0, g_t, grads
 
 
+CALLBACK_NAMES = tuple(name + suffix for name in _CB for suffix in ("", "_adjoint"))
+
+
 class RNGRecord:
     """Generator states of a random ``func`` (dropout in ``train()``), so replays draw the
     forward's random numbers (``torch.utils.checkpoint``'s ``preserve_rng_state``).
@@ -277,6 +281,10 @@ class RNGRecord:
     def __init__(self, func, devices, f0, f0_state):
         self.func = func
         self.devices = devices
+        # The loops read func's step callbacks off the object they are handed: keep them visible.
+        for name in CALLBACK_NAMES:
+            if callable(getattr(func, name, None)):
+                setattr(self, name, getattr(func, name))
         self.log = {id(f0): (f0, f0_state)}
         self.last: Optional[int] = None
         self.states: List[Tuple] = []  # per accepted step: (first, second, dense-output) state
