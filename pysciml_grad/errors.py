@@ -26,6 +26,7 @@ Hierarchy::
     GradientAccuracyWarning(UserWarning)     a measured gradient-accuracy problem
     SolverAccuracyWarning(UserWarning)       the solve went on, but a measured check says it may be inaccurate
     UnsupportedCallbackWarning(UserWarning)  a step callback on func that the method never calls
+    CompileFallbackWarning(UserWarning)      options['compile'] was asked for, the solve ran eagerly
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class SolverAccuracyWarning(UserWarning):
     converge) says the solution may be inaccurate."""
 
 
+class CompileFallbackWarning(UserWarning):
+    """``options={"compile": True}`` was given, but the solve ran on the eager loop: func
+    could not be captured in one graph, or the method / sensealg / option has no compiled
+    path. The result is the eager solve's; the message says why."""
+
+
 __all__ = [
     "PySciMLGradError",
     "InvalidProblemError",
@@ -133,4 +140,5 @@ __all__ = [
     "GradientAccuracyWarning",
     "SolverAccuracyWarning",
     "UnsupportedCallbackWarning",
+    "CompileFallbackWarning",
 ]

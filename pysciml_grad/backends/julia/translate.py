@@ -281,6 +281,8 @@ TORCH_ONLY_OPTIONS = {
         "engine does not offer; use backend='torch'"
         for name in ("max_order", "max_iters")
     },
+    "compile": "it compiles the torch engine's Runge-Kutta step with torch.compile; the Julia engine "
+    "compiles its own solver (Julia is JIT-compiled), so drop the option or use backend='torch'",
 }
 
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.

@@ -38,6 +38,8 @@ class SolverOptions:
                    x = err / (atol + rtol max(|y_n|, |y_{n+1}|)), replacing the RMS norm;
                    a step is accepted when it is <= 1. For a structured state it
                    receives that structure (torchdiffeq's ``norm`` option).
+    compile        adaptive RK methods: True, or a mapping of torch.compile keywords
+                   (backend, mode, options), runs the trial step compiled (``compiled.py``).
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).
     """
@@ -54,6 +56,7 @@ class SolverOptions:
     norm: Optional[Callable[[Any], Any]] = None
     max_order: Optional[int] = None
     max_iters: Optional[int] = None
+    compile: Any = False
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
@@ -89,6 +92,22 @@ def _norm(name: str, value: Any) -> Callable:
     return value
 
 
+def _compile(name: str, value: Any) -> Any:
+    from .compiled import COMPILE_KEYWORDS
+
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        bad = sorted(set(value) - set(COMPILE_KEYWORDS))
+        if not bad:
+            return dict(value)
+        raise InvalidProblemError(
+            f"{name} takes torch.compile keywords {list(COMPILE_KEYWORDS)}, got {bad} "
+            "(fullgraph=True and dynamic=False are fixed: the step is one graph of static shapes)"
+        )
+    raise InvalidProblemError(f"{name} must be True/False or a mapping of torch.compile keywords, got {type(value).__name__}")
+
+
 _OPTION_CHECKS = {
     "step_size": validate.positive_finite,
     "first_step": validate.positive_finite,
@@ -102,6 +121,7 @@ _OPTION_CHECKS = {
     "norm": _norm,
     "max_order": validate.positive_int,
     "max_iters": validate.positive_int,
+    "compile": _compile,
 }
 _MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters")
 

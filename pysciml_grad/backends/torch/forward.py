@@ -16,6 +16,7 @@ from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodEr
 from ...problem import ODEProblem, SolveStats, check_rhs_output
 from .callbacks import warn_unsupported
 from .control import SolverOptions
+from . import compiled
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .tableaus import TABLEAUS, ButcherTableau
@@ -118,7 +119,11 @@ def forward_solve(
         rhs.nfe += 1
     check_rhs_output(f0, y0, as_float(t_save[0]))
     counters = Counters()
-    if method.adaptive:
+    ys = compiled.maybe_integrate(rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
+                                  differentiate_control, counters, record) if opts.compile else None
+    if ys is not None:
+        pass
+    elif method.adaptive:
         ys = integrate_adaptive(
             rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
             differentiate_control, counters, record,

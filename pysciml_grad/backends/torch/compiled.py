@@ -1,0 +1,312 @@
+"""A compile-friendly adaptive Runge-Kutta step and the loop that drives it
+(``options={"compile": True}``).
+
+The eager loop (``integrate.py``) keeps times and step sizes as Python floats, which is
+the fast path in eager mode but the worst case for ``torch.compile``: dynamo guards on
+every float, so each new ``t`` or ``h`` is a recompile. Here the whole trial step
+
+    k_i = f(t + c_i h, y + h sum_j a_ij k_j)                  (stages)
+    y_+ = y + h sum_i b_i k_i,   e = h sum_i (b_i - b^_i) k_i (combination, error)
+    r   = RMS(e / (atol + rtol max(|y|, |y_+|)))              (error norm)
+    h'  = h clip(safety r^-alpha r_prev^beta, dfactor, ifactor or 1)   (PI factor)
+
+is one function of 0-d tensors ``t, h, t_end, r_prev`` (float64, on the state's device)
+and the state, built from the method's Butcher tableau (``tableaus.py``: the
+coefficients are constants of the traced graph, so methods stay data). The step to the
+end point (``h = t_end - t`` when ``t + h`` would pass it) and the rejection of a
+non-finite error estimate (``h' = dfactor h``) are ``torch.where`` selections inside the
+graph, so nothing in a step depends on a host value: ``torch.compile(fullgraph=True)``
+captures it once per (tableau, shapes, dtype, device, func) and never recompiles for new
+times, step sizes or save times. The host reads one small packed tensor per trial step
+(accepted?, r, t_next, h) -- the one synchronisation that decides acceptance and serves
+the save times from dense output (eager, between steps, as in ``integrate.py``).
+
+Accepted steps are reported as the same :class:`~.integrate.AcceptedStep` records the
+eager loop produces (float ``t``, ``h``), so CheckpointAdjoint and the interpolating
+adjoints replay them unchanged. Step sizes are constants for the gradient (the default
+``DirectAD()``, every adjoint's forward pass); ``DirectAD(through_controller=True)`` and
+differentiable save times use the eager loop.
+
+Controller and error norm are those of ``control.PIController`` and
+``stepping.error_ratio`` (Hairer, Norsett & Wanner I, II.4 and II, IV.2).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteStateError
+from .callbacks import StepCallbacks
+from .control import PIController, SolverOptions, initial_step
+from .integrate import (
+    NONFINITE_SHRINK_LIMIT,
+    AcceptedStep,
+    CountingRHS,
+    Counters,
+    Record,
+    _check_finite,
+    _saves_in_step,
+    _serve,
+    _underflow,
+    as_float,
+)
+from .tableaus import ButcherTableau
+
+Scalar = Union[float, torch.Tensor]
+
+#: torch.compile keywords a user may set through ``options={"compile": {...}}``.
+#: ``fullgraph`` and ``dynamic`` are fixed (True, False): the step is one graph of static shapes.
+COMPILE_KEYWORDS = ("backend", "mode", "options")
+
+
+def compile_settings(value: Any) -> Dict[str, Any]:
+    """Normalise ``options["compile"]`` (True or a mapping of torch.compile keywords)."""
+    if value is True:
+        return {}
+    return dict(value)
+
+
+def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float) -> Callable:
+    """The trial step of ``tab`` for ``func`` as one traceable function.
+
+    ``step(t, h, t_end, y, k0, rtol, atol, prev) -> (y_next, ks, info, h_new, prev_new, t_next)``
+    with ``info = [accepted, r, t_next, h_used]`` (float64, read by the host once).
+    ``k0 = f(t, y)`` is always an input: dopri5, tsit5 and bosh3 are FSAL, so it is the
+    previous step's last stage; other tables get it from one eager call after acceptance.
+    """
+    c = tab.c
+    a = tab.a
+    b = tab.b
+    b_err = tab.b_err
+    fsal = tab.fsal
+    alpha, beta = ctl.alpha, ctl.beta
+    safety, ifactor, dfactor = ctl.safety, ctl.ifactor, ctl.dfactor
+
+    def combine(y, hc, coeffs, ks):
+        # y + sum_j (h a_j) k_j, zero coefficients skipped (traced once; they are constants).
+        out = y
+        for cj, k in zip(coeffs, ks):
+            if cj != 0.0:
+                out = out + (hc * cj) * k
+        return out
+
+    def step(t, h, t_end, y, k0, rtol, atol, prev):
+        last = (t + h - t_end) * h >= 0  # t + h reaches or passes t_end (h carries the direction)
+        h = torch.where(last, t_end - t, h)
+        hy = h.to(y.dtype)
+        ks = [k0]
+        y_stage = y
+        for ci, ai in zip(c[1:], a):
+            y_stage = combine(y, hy, ai, ks)
+            ks.append(func((t + ci * h).to(y.dtype), y_stage))
+        y_next = y_stage if fsal else combine(y, hy, b, ks)
+        # The error estimate only steers h, a constant for the gradient: no graph.
+        err = combine(torch.zeros_like(y), hy, b_err, [k.detach() for k in ks])
+        scale = torch.maximum(y.detach().abs(), y_next.detach().abs()) * rtol + atol
+        r = (err / scale).square().mean().clamp_min(torch.finfo(y.dtype).tiny).sqrt().to(h.dtype)
+        finite = torch.isfinite(r)
+        accepted = r <= 1.0
+        rc = r.clamp_min(1e-10)
+        raw = safety * rc ** (-alpha) * prev**beta
+        factor = torch.minimum(raw.clamp_min(dfactor), torch.where(accepted, ifactor, 1.0))
+        h_new = torch.where(finite, h * factor, h * dfactor).clamp(-max_step, max_step)
+        prev_new = torch.where(accepted, rc, prev)
+        t_next = torch.where(last, t_end, t + h)
+        info = torch.stack([accepted.to(h.dtype), r, t_next, h])
+        return y_next, ks, info, h_new, prev_new, t_next
+
+    return step
+
+
+def _fresh_code(fn: Callable) -> Callable:
+    """A copy of ``fn`` with its own code object: dynamo keeps its cache (and its
+    recompile limit) per code object, so each cached step gets a cache of its own
+    instead of every func sharing the 8 entries of ``make_step``'s inner function."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+@dataclass
+class CompiledStep:
+    fn: Callable
+    broken: Optional[str] = None  # why capture failed (then the eager loop is used)
+    calls: int = 0
+
+
+#: owner object (func, or a bound method's __self__) -> {key: CompiledStep}. Weak, so a
+#: model that is dropped takes its compiled steps with it.
+_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple, CompiledStep]]" = weakref.WeakKeyDictionary()
+_UNOWNED: Dict[Tuple, CompiledStep] = {}  # funcs that cannot be weakly referenced
+
+
+def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
+                  tol_shapes: Tuple, settings: Dict[str, Any]) -> CompiledStep:
+    """The cached compiled step for this (tableau, func, shapes, dtype, device, settings)."""
+    owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
+    key = (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
+           opts.safety, opts.ifactor, opts.dfactor, opts.max_step, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    try:
+        table = _CACHE.setdefault(owner, {})
+    except TypeError:
+        table = _UNOWNED
+        key = (id(func),) + key
+    entry = table.get(key)
+    if entry is None:
+        ctl = PIController.for_method(tab.error_order, opts)
+        fn = _fresh_code(make_step(tab, func, ctl, opts.max_step))
+        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    return entry
+
+
+def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentiate_control: bool,
+                 tensor_times: bool, callbacks: StepCallbacks) -> Optional[str]:
+    """Why this solve cannot use the compiled step (None: it can)."""
+    if tab is None or not tab.adaptive:
+        return "options['compile'] applies to the adaptive Runge-Kutta methods only"
+    if differentiate_control:
+        return "DirectAD(through_controller=True) differentiates the step-size search, which the compiled step holds constant"
+    if tensor_times:
+        return "t requires grad (dL/dt is taken through the eager loop)"
+    if opts.norm is not None:
+        return "a user error norm (options['norm'])"
+    if callbacks.step is not None or callbacks.accept is not None or callbacks.reject is not None:
+        return "func has step callbacks (callback_step / callback_accept_step / callback_reject_step)"
+    return None
+
+
+def maybe_integrate(rhs: CountingRHS, tab: Optional[ButcherTableau], t_save: Sequence[Scalar], y0: torch.Tensor,
+                    f0: torch.Tensor, rtol: Scalar, atol: Scalar, opts: SolverOptions, differentiate_control: bool,
+                    counters: Counters, record: Record = None) -> Optional[List[torch.Tensor]]:
+    """The compiled solve when this problem has one, else None (after a
+    :class:`CompileFallbackWarning` saying why; the caller runs the eager loop)."""
+    reason = eager_reason(tab, opts, differentiate_control, isinstance(t_save[0], torch.Tensor), rhs.callbacks)
+    if reason is not None:
+        _warn_fallback(reason)
+        return None
+    nfe = rhs.nfe
+    ys = integrate_compiled(rhs, tab, t_save, y0, f0, rtol, atol, opts, counters, record)
+    if ys is None:  # nothing recorded yet: capture fails on the first trial step
+        rhs.nfe = nfe
+        counters.n_steps = counters.n_rejected = 0
+    return ys
+
+
+def integrate_compiled(
+    rhs: CountingRHS,
+    tab: ButcherTableau,
+    t_save: Sequence[Scalar],
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    rtol: Union[float, torch.Tensor],
+    atol: Union[float, torch.Tensor],
+    opts: SolverOptions,
+    counters: Counters,
+    record: Record = None,
+) -> Optional[List[torch.Tensor]]:
+    """The adaptive loop of ``integrate.integrate_adaptive`` on the compiled step.
+
+    Returns the states at ``t_save``, or None after a :class:`CompileFallbackWarning`
+    when ``func`` cannot be captured in one graph (the caller then runs the eager loop).
+    Same checks as the eager loop: max_num_steps, min_step, non-finite states and
+    error estimates (a non-finite trial step is shrunk by dfactor and retried).
+    """
+    settings = compile_settings(opts.compile)
+    ts = [as_float(x) for x in t_save]
+    direction = 1.0 if ts[-1] > ts[0] else -1.0
+    dev = y0.device
+    f64 = torch.float64
+    rtol_t = torch.as_tensor(rtol, dtype=y0.dtype, device=dev)
+    atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=dev)
+    entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings)
+    if entry.broken is not None:
+        _warn_fallback(entry.broken)
+        return None
+
+    t_f = ts[0]
+    if opts.first_step is not None:
+        h_f = direction * opts.first_step
+    else:
+        with torch.no_grad():
+            h_f = float(initial_step(rhs, t_f, y0, f0, tab.order, rtol, atol, direction))
+    if not (math.isfinite(h_f) and h_f != 0.0):
+        raise NonFiniteStateError(
+            f"func(t, y) is finite at t={t_f:.6g} but NaN/inf just after it: the initial-step probe "
+            f"gave the step size {h_f!r}. Check func and its parameters right after t0, or pass "
+            "options={'first_step': h}."
+        )
+    h_f = max(min(h_f, opts.max_step), -opts.max_step)
+    t = torch.tensor(t_f, dtype=f64, device=dev)
+    h = torch.tensor(h_f, dtype=f64, device=dev)
+    t_end = torch.tensor(ts[-1], dtype=f64, device=dev)
+    prev = torch.ones((), dtype=f64, device=dev)
+    ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
+    y, k0 = y0, f0
+    stages = tab.stages - 1
+    i, trials = 1, 0
+    nonfinite_from: Optional[float] = None
+    while i < len(ts):
+        trials += 1
+        if trials > opts.max_num_steps:
+            raise MaxStepsExceededError(
+                f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
+                f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
+                "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
+            )
+        try:
+            y_next, ks, info, h_new, prev_new, t_next = entry.fn(t, h, t_end, y, k0, rtol_t, atol_t, prev)
+        except Exception as exc:  # capture failed: func is not traceable in one graph
+            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            _warn_fallback(entry.broken)
+            return None
+        entry.calls += 1
+        rhs.nfe += stages
+        accepted_f, ratio_f, t_next_f, h_used = info.tolist()  # the one host sync per trial step
+        last = t_next_f == ts[-1]
+        if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
+            raise _underflow(opts, t_f, h_used, y, counters, nonfinite_from is not None)
+        if not math.isfinite(ratio_f):
+            _check_finite(ks[0], t_f, "func(t, y) at an accepted state")
+            if nonfinite_from is None:
+                nonfinite_from = abs(h_used)
+            elif abs(h_used) < NONFINITE_SHRINK_LIMIT * nonfinite_from:
+                raise NonFiniteStateError(
+                    f"func(t, y) returns NaN/inf at every trial step from t={t_f:.6g}, for step sizes from "
+                    f"{nonfinite_from:.3g} down to {abs(h_used):.3g}: check func and its parameters just after "
+                    f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
+                )
+            counters.n_rejected += 1
+            h = h_new
+            continue
+        nonfinite_from = None
+        if accepted_f:
+            saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
+            if tab.fsal:
+                k_next = ks[-1]
+            else:
+                k_next = rhs(t_next, y_next)
+            _serve(saves, ys, tab, h_used, y, y_next, ks, lambda: k_next)
+            if record is not None:
+                record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
+            counters.n_steps += 1
+            t, t_f, y, k0 = t_next, t_next_f, y_next, k_next
+        else:
+            counters.n_rejected += 1
+        h, prev = h_new, prev_new
+    return ys  # type: ignore[return-value]
+
+
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(
+        f"options['compile']: the solve runs eagerly because {reason}. To compile, make func one "
+        "traceable graph (no .item(), print, data-dependent Python branches or non-torch calls).",
+        CompileFallbackWarning,
+        stacklevel=4,
+    )

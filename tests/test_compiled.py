@@ -1,0 +1,153 @@
+"""options={"compile": True}: the compiled adaptive RK step (backends/torch/compiled.py).
+
+Capture, guards and recompiles are dynamo's, whatever backend lowers the graph, so the
+default-run tests compile with backend="eager" (dynamo captures the full graph, no
+inductor codegen: about a second per capture here instead of 30-90 s). One test runs
+the real inductor backend; it is marked ``inductor`` and runs only with
+PSG_INDUCTOR_TESTS=1 (about 90 s of compile on a loaded 2-core machine).
+
+Oracles: SciPy's solve_ivp at rtol 1e-12 on a linear problem with a closed-form
+solution, the eager loop of the same method (same accepted steps, same states to
+rounding, float64), dynamo's own recompile counters.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+import pysciml_grad as psg
+from pysciml_grad.errors import CompileFallbackWarning, InvalidProblemError, UnknownOptionError
+
+EAGER = {"backend": "eager"}
+A = torch.tensor([[-0.3, 1.0], [-1.0, -0.3]], dtype=torch.float64)
+
+
+class Linear(torch.nn.Module):
+    """dy/dt = y A^T + 0.1 sin(t) (a time-dependent linear ODE, batch of 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = torch.nn.Parameter(A.clone())
+
+    def forward(self, t, y):
+        return y @ self.A.T + 0.1 * torch.sin(t)
+
+
+def scipy_reference(y0: np.ndarray, t: np.ndarray) -> np.ndarray:
+    An = A.numpy()
+
+    def f(s, y):
+        return (y.reshape(-1, 2) @ An.T + 0.1 * np.sin(s)).ravel()
+
+    sol = solve_ivp(f, (t[0], t[-1]), y0.ravel(), t_eval=t, rtol=1e-12, atol=1e-14, method="DOP853")
+    return sol.y.T.reshape(len(t), *y0.shape)
+
+
+FUNC = Linear()
+Y0 = torch.tensor([[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_same_solution_as_eager_and_scipy(method):
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+    with torch.no_grad():
+        ys_c, st_c = psg.odeint(FUNC, Y0, t, method=method, rtol=1e-8, atol=1e-10,
+                                options={"compile": EAGER, "return_stats": True})
+        ys_e, st_e = psg.odeint(FUNC, Y0, t, method=method, rtol=1e-8, atol=1e-10, options={"return_stats": True})
+    # The same accepted steps (the controller is the same arithmetic), states equal to rounding.
+    assert (st_c.n_steps, st_c.n_rejected, st_c.nfe) == (st_e.n_steps, st_e.n_rejected, st_e.nfe)
+    # tsit5's weights (|b_i| up to 3.3, cancelling) amplify the rounding of a different
+    # summation order to ~2e-13; the solve's own error is 1e-7.
+    assert torch.allclose(ys_c, ys_e, rtol=0, atol=1e-12)
+    ref = scipy_reference(Y0.numpy(), t.numpy())
+    assert np.abs(ys_c.numpy() - ref).max() < 1e-6
+
+
+def test_no_recompile_over_100_calls_with_random_times():
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        psg.odeint(FUNC, Y0, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), rtol=1e-6, atol=1e-8,
+                   options={"compile": EAGER})
+        graphs = counters["stats"]["unique_graphs"]
+        recompiles = sum(counters["recompiles"].values())
+        with torch.compiler.set_stance("fail_on_recompile"):  # a recompile raises here
+            for _ in range(100):
+                t0 = float(torch.rand((), generator=gen)) * 2 - 1
+                span = 0.2 + float(torch.rand((), generator=gen))
+                t = torch.sort(t0 + span * torch.rand(3, generator=gen, dtype=torch.float64)).values
+                y0 = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+                ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, options={"compile": EAGER})
+                assert torch.isfinite(ys).all()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert sum(counters["recompiles"].values()) == recompiles
+
+
+def test_checkpoint_adjoint_gradient_matches_eager():
+    # The forward records the same accepted steps, so the replayed gradient is the same.
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    grads = []
+    for opt in ({"compile": EAGER}, {}):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.CheckpointAdjoint(), options=opt)
+        ys.square().sum().backward()
+        grads.append((y0.grad.clone(), FUNC.A.grad.clone()))
+    for g_c, g_e in zip(*grads):
+        assert torch.allclose(g_c, g_e, rtol=0, atol=1e-12)
+
+
+def test_func_that_breaks_the_graph_falls_back_with_warning():
+    class Sync(torch.nn.Module):
+        def forward(self, t, y):
+            if float(y.abs().max()) > 1e6:  # a host sync + data-dependent branch: a graph break
+                raise RuntimeError("blow-up")
+            return -y
+
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with torch.no_grad(), pytest.warns(CompileFallbackWarning, match="runs eagerly"):
+        ys = psg.odeint(Sync(), Y0, t, rtol=1e-8, atol=1e-10, options={"compile": EAGER})
+    exact = Y0 * torch.exp(-t)[:, None, None]
+    assert torch.allclose(ys, exact, atol=1e-7)
+
+
+def test_fixed_step_method_warns_and_runs_eagerly():
+    t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    with torch.no_grad(), pytest.warns(CompileFallbackWarning, match="adaptive"):
+        ys = psg.odeint(FUNC, Y0, t, method="rk4", options={"compile": True})
+    with torch.no_grad():
+        assert torch.equal(ys, psg.odeint(FUNC, Y0, t, method="rk4"))
+
+
+@pytest.mark.parametrize("value, error", [("yes", InvalidProblemError), ({"fullgraph": False}, InvalidProblemError)])
+def test_bad_compile_option_is_refused(value, error):
+    with pytest.raises(error, match="compile"):
+        psg.odeint(FUNC, Y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"compile": value})
+
+
+def test_julia_engine_refuses_compile():
+    with pytest.raises(UnknownOptionError, match="compile"):
+        psg.odeint(FUNC, Y0, torch.tensor([0.0, 1.0], dtype=torch.float64), backend="julia",
+                   options={"compile": True})
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(os.environ.get("PSG_INDUCTOR_TESTS") != "1", reason="inductor compile takes 30-90 s; set PSG_INDUCTOR_TESTS=1")
+def test_inductor_no_recompile_and_same_solution():
+    from torch._dynamo.utils import counters
+
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+    with torch.no_grad():
+        ys_c = psg.odeint(FUNC, Y0, t, rtol=1e-8, atol=1e-10, options={"compile": True})
+        ys_e = psg.odeint(FUNC, Y0, t, rtol=1e-8, atol=1e-10)
+        assert torch.allclose(ys_c, ys_e, rtol=0, atol=1e-12)
+        graphs = counters["stats"]["unique_graphs"]
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for k in range(20):
+                psg.odeint(FUNC, Y0 * (1 + k / 10), t * (1 + k / 7), rtol=1e-8, atol=1e-10, options={"compile": True})
+    assert counters["stats"]["unique_graphs"] == graphs
