@@ -310,3 +310,72 @@ def _warn_fallback(reason: str) -> None:
         CompileFallbackWarning,
         stacklevel=4,
     )
+
+
+def make_replay(tab: ButcherTableau, func: Callable) -> Callable:
+    """``replay(t, h, y) -> y_next``: one accepted step of ``tab`` (CheckpointAdjoint's
+    table without its FSAL stage, ``replay.without_fsal_stage``) as one traceable
+    function of 0-d float64 tensors ``t``, ``h`` and the state, for the backward pass:
+    compiled with autograd, so the step's vector-Jacobian product runs as one compiled
+    backward graph instead of one autograd node per operation."""
+    c, a, b = tab.c, tab.a, tab.b
+
+    def replay(t, h, y):
+        hy = h.to(y.dtype)
+        ks = [func(t.to(y.dtype), y)]
+        for ci, ai in zip(c[1:], a):
+            y_stage = y
+            for cj, k in zip(ai, ks):
+                if cj != 0.0:
+                    y_stage = y_stage + (hy * cj) * k
+            ks.append(func((t + ci * h).to(y.dtype), y_stage))
+        out = y
+        for bj, k in zip(b, ks):
+            if bj != 0.0:
+                out = out + (hy * bj) * k
+        return out
+
+    return replay
+
+
+class CompiledReplay:
+    """The compiled replay of one (table, func, shape, dtype, device); falls back to
+    ``None`` (the caller's eager step) with a :class:`CompileFallbackWarning` when func
+    cannot be captured."""
+
+    def __init__(self, entry: CompiledStep, dtype: torch.dtype, device: torch.device, n_stages: int):
+        self.entry, self.device, self.n_stages = entry, device, n_stages
+
+    def __call__(self, t: float, h: float, y: torch.Tensor) -> Optional[torch.Tensor]:
+        entry = self.entry
+        if entry.broken is not None:
+            return None
+        tt = torch.tensor(t, dtype=torch.float64, device=self.device)
+        hh = torch.tensor(h, dtype=torch.float64, device=self.device)
+        try:
+            out = entry.fn(tt, hh, y)
+        except Exception as exc:
+            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            _warn_fallback(entry.broken)
+            return None
+        entry.calls += 1
+        return out
+
+
+def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor) -> CompiledReplay:
+    """The cached compiled replay step (see :func:`make_replay`), keyed as :func:`compiled_step`."""
+    settings = compile_settings(opts.compile)
+    owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
+    key = ("replay", tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    try:
+        table = _CACHE.setdefault(owner, {})
+    except TypeError:
+        table = _UNOWNED
+        key = (id(func),) + key
+    entry = table.get(key)
+    if entry is None:
+        fn = _fresh_code(make_replay(tab, func))
+        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    return CompiledReplay(entry, y.dtype, y.device, tab.stages)

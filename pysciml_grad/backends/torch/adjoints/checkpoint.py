@@ -53,6 +53,7 @@ from ..discover import Watch, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
 from . import recompute
 from ..callbacks import NAMES as _CB
+from .. import compiled
 from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
@@ -201,6 +202,11 @@ class CheckpointStrategy:
         g_t = torch.zeros_like(tv) if tv is not None else None
         counter = Counter()
         check_every = 1 if y0.device.type == "cpu" else 16
+        # options['compile']: steps with no dense save are replayed on one compiled graph
+        # (forward and its backward); the first replay stays eager for check_graph's watch.
+        fast = None
+        if self.opts.compile and self.tab is not None and self.rng is None and tv is None:
+            fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0)
         for count, (n, state) in enumerate(reverse(N, self.store.states, self._advance(rhs), self.budget, counter)):
             with torch.enable_grad():  # the step times carry a graph to t when dL/dt is wanted
                 t_n, h, t_next, endpoint, dense = self.times(n, tv)
@@ -209,9 +215,14 @@ class CheckpointStrategy:
                     a_next = a_next + grad_ys[i]
                 inp = tuple(None if x is None else x.detach().requires_grad_(True) for x in state)
                 watch = Watch([]) if count == 0 else contextlib.nullcontext()
-                with watch:
-                    nxt, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, inp,
-                                          [th for _, th in dense])
+                y_fast = fast(t_n, h, inp[0]) if (fast is not None and count > 0 and not dense) else None
+                if y_fast is not None:
+                    nxt, values = (y_fast,), []
+                    rhs.nfe += fast.n_stages
+                else:
+                    with watch:
+                        nxt, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next,
+                                              inp, [th for _, th in dense])
                 state_in = [x for x in inp if x is not None]
                 extra = [tv] if tv is not None else []
                 if count == 0:
