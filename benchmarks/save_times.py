@@ -4,9 +4,12 @@ Usage (from the repository root)::
 
     python benchmarks/save_times.py            # writes benchmarks/save_times.md
 
+Every sensealg of the torch engine and both torchdiffeq entry points, 2 / 250 / 1000 save
+times, timed round-robin (each round runs every solver once) so load changes hit all alike.
+
 Problem: dy/dt = MLP(y), MLP 2->32->32->2 (tanh), batch 64, float32, t in [0, 5],
 dopri5, rtol 1e-6, atol 1e-8, loss = mean(ys^2) over every save time; time = forward
-+ backward, the minimum of 5 runs after one warm-up, one torch thread.
++ backward, the minimum of REPS runs after one warm-up round, one torch thread.
 
 Why DirectAD was 6x torchdiffeq here (issue 8): it carried the step sizes as tensors
 in the graph (the step-size controller was differentiated), so each save time's
@@ -18,6 +21,7 @@ theta and h are Python floats and a save is one fused combination of the stages.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 import pysciml_grad as psg  # noqa: E402
 
 OUT = HERE / "save_times.md"
+REPS = 3
 
 
 def main() -> str:
@@ -45,33 +50,51 @@ def main() -> str:
     def f(t, y):
         return net(y)
 
+    class NetT(torch.nn.Module):  # odeint_adjoint wants an nn.Module or adjoint_params
+        def forward(self, t, y):
+            return net(y)
+
+    net_t = NetT()
+
+    kw = dict(rtol=1e-6, atol=1e-8, params=params)
     solvers = {
         "torchdiffeq odeint": lambda t: torchdiffeq.odeint(f, y0, t, rtol=1e-6, atol=1e-8),
-        "ours DirectAD()": lambda t: psg.odeint(f, y0, t, rtol=1e-6, atol=1e-8, params=params, sensealg=psg.DirectAD()),
+        "torchdiffeq odeint_adjoint": lambda t: torchdiffeq.odeint_adjoint(
+            net_t, y0, t, rtol=1e-6, atol=1e-8, adjoint_params=params),
+        "ours DirectAD()": lambda t: psg.odeint(f, y0, t, **kw, sensealg=psg.DirectAD()),
         "ours DirectAD(through_controller=True)": lambda t: psg.odeint(
-            f, y0, t, rtol=1e-6, atol=1e-8, params=params, sensealg=psg.DirectAD(through_controller=True)),
-        "ours CheckpointAdjoint()": lambda t: psg.odeint(f, y0, t, rtol=1e-6, atol=1e-8, params=params,
-                                                          sensealg=psg.CheckpointAdjoint()),
+            f, y0, t, **kw, sensealg=psg.DirectAD(through_controller=True)),
+        "ours CheckpointAdjoint()": lambda t: psg.odeint(f, y0, t, **kw, sensealg=psg.CheckpointAdjoint()),
+        "ours InterpolatingAdjoint()": lambda t: psg.odeint(f, y0, t, **kw, sensealg=psg.InterpolatingAdjoint()),
+        "ours BacksolveAdjoint()": lambda t: psg.odeint(f, y0, t, **kw, sensealg=psg.BacksolveAdjoint()),
+        "ours QuadratureAdjoint()": lambda t: psg.odeint(f, y0, t, **kw, sensealg=psg.QuadratureAdjoint()),
     }
 
-    def timed(solve, t) -> float:
-        best = float("inf")
-        for r in range(6):
-            net.zero_grad()
-            start = time.perf_counter()
-            (solve(t) ** 2).mean().backward()
-            if r:  # the first run is a warm-up
-                best = min(best, time.perf_counter() - start)
-        return best
+    def once(solve, t) -> float:
+        net.zero_grad()
+        start = time.perf_counter()
+        (solve(t) ** 2).mean().backward()
+        return time.perf_counter() - start
 
-    counts = (2, 100, 1000)
-    rows = {name: [timed(solve, torch.linspace(0, 5, n)) for n in counts] for name, solve in solvers.items()}
+    counts = (2, 250, 1000)
+    rows = {name: [] for name in solvers}
+    for n in counts:
+        t = torch.linspace(0, 5, n)
+        best = {name: float("inf") for name in solvers}
+        for r in range(REPS + 1):  # round-robin; the first round is a warm-up
+            for name, solve in solvers.items():
+                x = once(solve, t)
+                if r:
+                    best[name] = min(best[name], x)
+        for name in solvers:
+            rows[name].append(best[name])
     ref = rows["torchdiffeq odeint"]
     lines = [
         "# Save-time cost (`python benchmarks/save_times.py`; do not edit by hand)",
         "",
         "MLP 2->32->32->2 (tanh), batch 64, float32, t in [0, 5], dopri5, rtol 1e-6, atol 1e-8; "
-        "forward + backward of mean(ys^2), min of 5 runs, 1 thread.",
+        f"forward + backward of mean(ys^2), min of {REPS} round-robin runs, 1 thread; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start (a shared machine).",
         "",
         "| solver | " + " | ".join(f"{n} save times (ms, x torchdiffeq)" for n in counts) + " |",
         "|---|" + "---:|" * len(counts),
