@@ -10,6 +10,7 @@ from . import errors, julia
 from .problem import SolveStats
 from .sensealg import *  # noqa: F401,F403  (the sensealg classes are public names)
 from .sensealg import __all__ as _sensealg_names
+from .dense import DenseSolution, odeint_dense
 from .events import odeint_event
 from .solve import odeint
 from .gradaudit import AuditReport, audit
@@ -20,7 +21,7 @@ from .training import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_event", "errors", "julia", "SolveStats", *_sensealg_names,
+    "odeint", "odeint_event", "odeint_dense", "DenseSolution", "errors", "julia", "SolveStats", *_sensealg_names,
     "audit", "AuditReport", "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
     "PolynomialLibrary", "SparseModel", "stlsq",
 ]

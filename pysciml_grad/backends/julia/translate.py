@@ -283,6 +283,15 @@ TORCH_ONLY_OPTIONS = {
     },
     "compile": "it compiles the torch engine's Runge-Kutta step with torch.compile; the Julia engine "
     "compiles its own solver (Julia is JIT-compiled), so drop the option or use backend='torch'",
+    # Added for torchdiffeq parity in the torch engine; SciML has counterparts for some
+    # (tstops, d_discontinuities) that this translation layer does not map yet.
+    "jump_t": "not translated yet (SciML's d_discontinuities would be the counterpart); use backend='torch'",
+    "step_t": "not translated yet (SciML's tstops would be the counterpart); use backend='torch'",
+    "accept_min_step": "SciML has no 'accept any step at dtmin' mode; use backend='torch'",
+    "grid_constructor": "a Python grid function is not translated; pass the grid as t, or use backend='torch'",
+    "interp": "SciML serves save times from its own dense output; use backend='torch' for linear interpolation",
+    "perturb": "the one-ulp stage shift is a torch-engine option; use backend='torch'",
+    "solver": "options['solver'] belongs to method='scipy_solver' of the torch engine; use backend='torch'",
 }
 
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.

@@ -10,6 +10,7 @@ from ...errors import UnsupportedSensitivityError
 from ...problem import ODEProblem, SolveStats
 from ...sensealg import BacksolveAdjoint, CheckpointAdjoint, DirectAD
 from .adams import ADAMS_METHODS
+from . import scipy_solver
 from .adjoints import IMPLEMENTATIONS
 
 ADAMS_SENSEALGS = (DirectAD, CheckpointAdjoint, BacksolveAdjoint)
@@ -17,6 +18,9 @@ from .forward import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
 
 def solve(problem: ODEProblem) -> Tuple[torch.Tensor, SolveStats]:
+    if problem.method == scipy_solver.NAME:
+        stats = SolveStats()
+        return scipy_solver.solve(problem, stats), stats
     implementation = IMPLEMENTATIONS.get(type(problem.sensealg))
     if implementation is None:
         available = ", ".join(f"psg.{cls.__name__}()" for cls in IMPLEMENTATIONS)

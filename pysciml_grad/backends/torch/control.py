@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -42,6 +42,23 @@ class SolverOptions:
                    (backend, mode, options), runs the trial step compiled (``compiled.py``).
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).
+    jump_t         adaptive methods: times where f is discontinuous. Steps end exactly on
+                   them, the stages at a step's end are evaluated just before the jump
+                   (t one ulp short of it) and the next step restarts from f just after it.
+    step_t         adaptive methods: times every step sequence must hit exactly (FSAL kept).
+    accept_min_step  with min_step > 0: min_step is a floor, as in torchdiffeq: a step is
+                   never shorter than min_step and a step of min_step is accepted whatever
+                   its error. Off (default): a step that must fall below min_step raises.
+    grid_constructor  fixed-step methods: ``grid_constructor(func, y0, t) -> 1-D tensor``
+                   of step points from t[0] to t[-1] (exclusive with step_size).
+    interp         fixed-step methods: how save times between grid points are served,
+                   "hermite" (cubic, one extra evaluation of f per step; default) or
+                   "linear" (torchdiffeq's default; no extra evaluation, 2nd order).
+    perturb        fixed-step methods: evaluate f one ulp inside each step at its ends
+                   (stages with c = 0 just after t_n, c = 1 just before t_{n+1}), so that
+                   f with a jump on a grid point sees the side belonging to the step.
+    solver         method "scipy_solver": SciPy's solve_ivp method (RK45, RK23, DOP853,
+                   Radau, BDF, LSODA; default LSODA, as torchdiffeq).
     """
 
     step_size: Optional[float] = None
@@ -57,6 +74,13 @@ class SolverOptions:
     max_order: Optional[int] = None
     max_iters: Optional[int] = None
     compile: Any = False
+    jump_t: Optional[Tuple[float, ...]] = None
+    step_t: Optional[Tuple[float, ...]] = None
+    accept_min_step: bool = False
+    grid_constructor: Optional[Callable[..., Any]] = None
+    interp: str = "hermite"
+    perturb: bool = False
+    solver: Optional[str] = None
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
@@ -76,6 +100,10 @@ class SolverOptions:
             check = _OPTION_CHECKS[name]
             clean[name] = None if (value is None and name in _MAY_BE_NONE) else check(label, value)
         opts = cls(**clean)
+        if opts.grid_constructor is not None and opts.step_size is not None:
+            raise InvalidProblemError(
+                "options['step_size'] and options['grid_constructor'] both define the grid; give one of them"
+            )
         if not opts.dfactor < 1.0 < opts.ifactor:
             # dfactor = 1 would never shrink a rejected step (an endless loop), ifactor = 1
             # never grow an accepted one.
@@ -106,6 +134,43 @@ def _compile(name: str, value: Any) -> Any:
             "(fullgraph=True and dynamic=False are fixed: the step is one graph of static shapes)"
         )
     raise InvalidProblemError(f"{name} must be True/False or a mapping of torch.compile keywords, got {type(value).__name__}")
+def _function(what: str) -> Callable:
+    def check(name: str, value: Any) -> Callable:
+        if not callable(value):
+            raise InvalidProblemError(f"{name} must be a function {what}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _times(name: str, value: Any) -> Tuple[float, ...]:
+    """jump_t / step_t as a tuple of finite floats (tensor, sequence or number)."""
+    try:
+        if isinstance(value, torch.Tensor):
+            out = tuple(float(x) for x in value.detach().reshape(-1).cpu().tolist())
+        elif isinstance(value, (int, float)):
+            out = (float(value),)
+        else:
+            out = tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        raise InvalidProblemError(f"{name} must be a tensor or a sequence of times, got {value!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise InvalidProblemError(f"{name} must hold finite times, got {out}")
+    return out
+
+
+def _choice(*allowed: str) -> Callable:
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise InvalidProblemError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
+def times_of(opts: "SolverOptions", name: str) -> Tuple[float, ...]:
+    value = getattr(opts, name)
+    return () if value is None else value
 
 
 _OPTION_CHECKS = {
@@ -122,8 +187,16 @@ _OPTION_CHECKS = {
     "max_order": validate.positive_int,
     "max_iters": validate.positive_int,
     "compile": _compile,
+    "jump_t": _times,
+    "step_t": _times,
+    "accept_min_step": validate.flag,
+    "grid_constructor": _function("(func, y0, t) -> 1-D tensor of step points"),
+    "interp": _choice("hermite", "linear"),
+    "perturb": validate.flag,
+    "solver": _choice("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"),
 }
-_MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters")
+_MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters", "jump_t", "step_t",
+                "grid_constructor", "solver")
 
 
 def _clip(x: Scalar, lo: float, hi: float) -> Scalar:

@@ -19,6 +19,7 @@ from .control import SolverOptions
 from . import compiled
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
+from .stepping import nudge
 from .tableaus import TABLEAUS, ButcherTableau
 
 LEAPFROG = "leapfrog"
@@ -49,7 +50,7 @@ def lookup_method(name: str) -> Method:
     if name not in METHODS:
         raise UnknownMethodError(
             f"unknown method {name!r} for the torch engine; fixed-step methods: {list(FIXED_METHODS)}, "
-            f"adaptive methods: {list(ADAPTIVE_METHODS)} (SciML names such as 'Tsit5' or 'Rodas5P' need backend='julia')"
+            f"adaptive methods: {list(ADAPTIVE_METHODS)}, or 'scipy_solver' (SciPy's solve_ivp, forward only) (SciML names such as 'Tsit5' or 'Rodas5P' need backend='julia')"
         )
     if name in ADAMS_METHODS:
         return Method(name, TABLEAUS["rk38"], ADAMS_METHODS[name])
@@ -59,7 +60,7 @@ def lookup_method(name: str) -> Method:
 def parse(problem: ODEProblem):
     method = lookup_method(problem.method)
     opts = SolverOptions.from_user(problem.options)
-    if not method.adaptive and opts.step_size is None and problem.t.numel() == 2:
+    if not method.adaptive and opts.step_size is None and opts.grid_constructor is None and problem.t.numel() == 2:
         # A single step over the whole interval is almost always a forgotten step_size.
         raise MissingStepSizeError(
             f"{method.name!r} is a fixed-step method and t holds only its two endpoints, so t cannot "
@@ -113,8 +114,13 @@ def forward_solve(
         t_save = save_times(problem, differentiable_times)
     rhs = CountingRHS(problem.func, y0.dtype, y0.device)
     warn_unsupported(rhs.callbacks, method.name, method.adaptive)
+    if opts.perturb and not method.adaptive:
+        f0 = None  # the discovery evaluation sat at t0 itself; the first stage must not
     if f0 is None:
-        f0 = rhs(t_save[0], y0)
+        t0 = t_save[0]
+        if opts.perturb and not method.adaptive:  # the first stage sits one ulp inside the step
+            t0 = nudge(t0, t_save[-1], y0)
+        f0 = rhs(t0, y0)
     else:
         rhs.nfe += 1
     check_rhs_output(f0, y0, as_float(t_save[0]))

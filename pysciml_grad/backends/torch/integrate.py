@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ...errors import (
+    InvalidProblemError,
     MissingStepSizeError,
     MaxStepsExceededError,
     NonFiniteStateError,
@@ -26,8 +27,8 @@ from ...errors import (
 from ...problem import check_rhs_meta
 from . import callbacks as _callbacks
 from .callbacks import StepCallbacks
-from .control import PIController, SolverOptions, initial_step
-from .stepping import dense_eval, error_ratio, leapfrog_step, rk_step
+from .control import PIController, SolverOptions, initial_step, times_of
+from .stepping import dense_eval, error_ratio, leapfrog_step, nudge, rk_step
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -199,6 +200,9 @@ def integrate_adaptive(
     i = 1
     trials = 0
     nonfinite_from: Optional[float] = None  # |h| of the first trial in a run of non-finite ones
+    stops = _stop_points(opts, ts[0], ts[-1], direction)
+    next_stop = 0
+    floor = opts.min_step if opts.accept_min_step else 0.0
     while i < len(ts):
         trials += 1
         if trials > opts.max_num_steps:
@@ -213,16 +217,29 @@ def integrate_adaptive(
                 f"the step size became {h_f!r} at t={t_f:.6g}: the error estimate is not finite "
                 "(func returns NaN/inf at a trial point). Check func and its parameters there."
             )
+        if floor and abs(h_f) < floor:
+            # accept_min_step (torchdiffeq's min_step): never shorter than the floor.
+            h_f = direction * floor
+            h = (h / abs(as_float(h))) * floor if isinstance(h, torch.Tensor) else h_f
         last = direction * (t_f + h_f - ts[-1]) >= 0
-        if last:
+        on_jump = False
+        while next_stop < len(stops) and direction * (stops[next_stop][0] - t_f) <= 0:
+            next_stop += 1
+        if next_stop < len(stops) and direction * (t_f + h_f - stops[next_stop][0]) > 0:
+            # A step_t / jump_t point lies inside the trial step: end the step on it.
+            p, on_jump = stops[next_stop]
+            last = False
+            h_f = p - t_f
+            h = time_at(p) - t if (differentiate_control or tensor_times) else h_f
+        elif last:
             h_f = ts[-1] - t_f
             h = t_end - t if (differentiate_control or tensor_times) else h_f
         # The final stub up to t_end may be shorter than min_step: it is not a sign of trouble.
-        elif abs(h_f) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
+        if not last and abs(h_f) <= max(0.0 if floor else opts.min_step, 4 * math.ulp(abs(t_f))):
             raise _underflow(opts, t_f, h_f, y, counters, nonfinite_from is not None)
         if cb.step is not None:
             cb.step(t, y, h)
-        y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl)
+        y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl, perturb_end=on_jump)
         with torch.set_grad_enabled(grad_ctl):
             if ratio_fn is None:
                 ratio_t = error_ratio(err, y, y_next, rtol, atol)
@@ -246,7 +263,7 @@ def integrate_adaptive(
             continue
         nonfinite_from = None
         ratio: Scalar = ratio_t if differentiate_control else ratio_f
-        accepted = ratio_f <= 1.0
+        accepted = ratio_f <= 1.0 or (bool(floor) and abs(h_f) <= floor * (1 + 1e-12))
         if cb.accept is not None and accepted:
             cb.accept(t, y, h)
         elif cb.reject is not None and not accepted:
@@ -280,6 +297,10 @@ def integrate_adaptive(
                 break
             t, t_f, y = t_next, t_next_f, y_next
             k0 = f_next_cache[0] if f_next_cache else None
+            if on_jump:
+                # Past a discontinuity of f: restart from its value just after the jump.
+                next_stop += 1
+                k0 = rhs(nudge(t_next, t_next_f + h_f, y_next), y_next)
         else:
             counters.n_rejected += 1
         if differentiate_control:
@@ -290,6 +311,15 @@ def integrate_adaptive(
             # Clamped on both paths: an exactly zero error (e.g. f = 0) must not zero the PI factor.
             prev_ratio = max(ratio_f, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
     return ys  # type: ignore[return-value]
+
+
+def _stop_points(opts: SolverOptions, t0: float, t1: float, direction: float) -> List[Tuple[float, bool]]:
+    """(time, is_jump) for options step_t / jump_t strictly inside (t0, t1), in step order."""
+    points = [(x, False) for x in times_of(opts, "step_t")] + [(x, True) for x in times_of(opts, "jump_t")]
+    inside = [(x, j) for x, j in points if direction * (x - t0) > 0 and direction * (t1 - x) > 0]
+    if len({x for x, _ in inside}) != len(inside):
+        raise InvalidProblemError("options['step_t'] and options['jump_t'] must not repeat a time (within or between them)")
+    return sorted(inside, key=lambda p: direction * p[0])
 
 
 def _user_norm_ratio(norm: Callable, rtol: Scalar, atol: Scalar):
@@ -361,7 +391,16 @@ def integrate_fixed(
     """
     ts = [as_float(x) for x in t_save]
     n = fixed_grid(ts, opts.step_size)
-    if n is None:
+    if opts.grid_constructor is not None:
+        grid = _constructed_grid(opts.grid_constructor, rhs, y0, t_save, ts)
+        if tab is None:
+            _require_uniform([as_float(x) for x in grid])
+        if len(grid) - 1 > opts.max_num_steps:
+            raise MaxStepsExceededError(
+                f"options['grid_constructor'] gave {len(grid) - 1} steps, more than "
+                f"max_num_steps={opts.max_num_steps}: raise options['max_num_steps']."
+            )
+    elif n is None:
         grid: List[Scalar] = list(t_save)
         if tab is None:
             _require_uniform(ts)
@@ -404,7 +443,8 @@ def integrate_fixed(
                 y_next, fj = leapfrog_step(rhs, t, y_prev, y, h)
                 ks = [fj]
         else:
-            y_next, ks, _ = rk_step(rhs, tab, t, y, h, k0)
+            y_next, ks, _ = rk_step(rhs, tab, t, y, h, None if opts.perturb else k0,
+                                    perturb_start=opts.perturb, perturb_end=opts.perturb)
         saves, i = _saves_in_step(t_save, ts, i, t, h, grid_f[j + 1], direction, True)
         f_cache: List[torch.Tensor] = []
 
@@ -414,7 +454,12 @@ def integrate_fixed(
             return f_cache[0]
 
         for index, theta in saves:
-            ys[index] = y_next if (isinstance(theta, float) and theta == 1.0) else dense_eval(None, theta, h, y, y_next, ks, f_next)
+            if isinstance(theta, float) and theta == 1.0:
+                ys[index] = y_next
+            elif opts.interp == "linear":
+                ys[index] = y + theta * (y_next - y)
+            else:
+                ys[index] = dense_eval(None, theta, h, y, y_next, ks, f_next)
         if record is not None:
             record(AcceptedStep(t, h, y, saves, y_prev, ks=ks))
         counters.n_steps += 1
@@ -423,6 +468,32 @@ def integrate_fixed(
         y_prev, y = y, y_next
         k0 = f_cache[0] if f_cache else None
     return ys  # type: ignore[return-value]
+
+
+def _constructed_grid(constructor: Callable, rhs: "CountingRHS", y0: torch.Tensor, t_save: Sequence[Scalar],
+                      ts: Sequence[float]) -> List[Scalar]:
+    """The step points ``options['grid_constructor'](func, y0, t)`` returns, checked.
+    ``t`` is handed over in its own direction (decreasing for a backward solve)."""
+    if any(isinstance(x, torch.Tensor) for x in t_save):
+        t = torch.stack([x if isinstance(x, torch.Tensor) else torch.tensor(x) for x in t_save])
+    else:
+        t = torch.tensor(ts, dtype=torch.float64, device=y0.device)
+    grid = constructor(rhs.func, y0, t)
+    if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
+        raise InvalidProblemError("options['grid_constructor'] must return a 1-D tensor of at least 2 step points")
+    g = [float(x) for x in grid.detach().cpu().tolist()]
+    tol = 1e-6 * max(1.0, abs(ts[0]), abs(ts[-1]))  # the grid may come back in float32
+    if abs(g[0] - ts[0]) > tol or abs(g[-1] - ts[-1]) > tol:
+        raise InvalidProblemError(
+            f"options['grid_constructor'] returned a grid from {g[0]:g} to {g[-1]:g}; it must start at "
+            f"t[0]={ts[0]:g} and end at t[-1]={ts[-1]:g}"
+        )
+    direction = 1.0 if ts[-1] > ts[0] else -1.0
+    if any(direction * (b - a) <= 0 for a, b in zip(g[:-1], g[1:])):
+        raise InvalidProblemError("options['grid_constructor'] must return strictly monotonic step points, in t's direction")
+    # The ends are the save times themselves, so the first and last states sit on them exactly.
+    inner: List[Scalar] = list(grid.unbind(0)[1:-1]) if grid.requires_grad else g[1:-1]
+    return [t_save[0], *inner, t_save[-1]]
 
 
 def _require_uniform(ts: Sequence[float]) -> None:

@@ -74,6 +74,16 @@ def stage_times(tab: ButcherTableau, t: Scalar, h: Scalar) -> Sequence[Scalar]:
     return (nodes * h).add_(t).unbind(0)
 
 
+def nudge(t: Scalar, toward: Scalar, like: torch.Tensor) -> torch.Tensor:
+    """The time one ulp from ``t`` towards ``toward``, in ``like``'s dtype (the dtype func
+    sees t in; a float64 ulp would vanish when cast to float32). A graph-carrying ``t``
+    keeps its gradient (the shift is a constant)."""
+    tt = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=like.dtype, device=like.device)
+    tt = tt.to(like.dtype)
+    target = torch.full_like(tt, float(toward.detach() if isinstance(toward, torch.Tensor) else toward))
+    return tt + (torch.nextafter(tt.detach(), target) - tt.detach())
+
+
 def rk_step(
     rhs: RHS,
     tab: ButcherTableau,
@@ -82,6 +92,8 @@ def rk_step(
     h: Scalar,
     k0: Optional[torch.Tensor] = None,
     err_graph: bool = True,
+    perturb_start: bool = False,
+    perturb_end: bool = False,
 ) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor]]:
     """One explicit RK step from (t, y) with step h.
 
@@ -92,11 +104,19 @@ def rk_step(
     f(t + h, y_next) and ``y_next`` is that stage's input (no second combination).
     ``err_graph=False``: the error estimate is built without a graph (it only steers
     the step size, which is then a constant for the gradient).
+    ``perturb_start`` / ``perturb_end``: stages with c = 0 / c = 1 are evaluated one ulp
+    inside the step (torchdiffeq's ``perturb``; f may jump at t or at t + h).
     """
-    ks = [rhs(t, y) if k0 is None else k0]
+    if k0 is None:
+        k0 = rhs(nudge(t, t + h, y) if perturb_start else t, y)
+    ks = [k0]
     y_stage = y
-    for t_i, a_i in zip(stage_times(tab, t, h), tab.a):
+    for c_i, t_i, a_i in zip(tab.c[1:], stage_times(tab, t, h), tab.a):
         y_stage = lincomb(y, h, a_i, ks)
+        if perturb_end and c_i == 1.0:
+            t_i = nudge(t_i, t, y)
+        elif perturb_start and c_i == 0.0:
+            t_i = nudge(t_i, t + h, y)
         ks.append(rhs(t_i, y_stage))
     y_next = y_stage if tab.fsal else lincomb(y, h, tab.b, ks)
     if tab.b_err is None:
