@@ -207,7 +207,11 @@ def _core_options(method: str, options: Optional[dict], norm: Optional[Callable]
     # Fixed grid (solvers.py FixedGridODESolver).
     if o["step_size"] is not None and o["grid_constructor"] is not None:
         raise ValueError("step_size and grid_constructor are mutually exclusive arguments.")
-    if o["step_size"] is not None:
+    if o["step_size"] is not None and method in ("explicit_adams", "implicit_adams", "fixed_adams"):
+        # The core's Adams loop takes equal steps of (about) step_size itself; it does not
+        # read grid_constructor (adams.py).
+        core["step_size"] = float(o["step_size"])
+    elif o["step_size"] is not None:
         core["grid_constructor"] = _fixed_grid_from_step_size(float(o["step_size"]))
     elif o["grid_constructor"] is not None:
         core["grid_constructor"] = o["grid_constructor"]
@@ -259,6 +263,12 @@ def _solve(func, y0, t, method: str, rtol, atol, options: Optional[dict], norm: 
            sensealg: _sa.SensitivityAlgorithm, params=None):
     """One core solve with torchdiffeq's options translated; y0 a tensor or a tuple."""
     from .solve import odeint as core_odeint
+
+    if method == "scipy_solver":
+        # misc.py _check_inputs: SciPy's solver calls no callbacks, so defining one warns.
+        defined = {n for n in ("callback_step", "callback_accept_step", "callback_reject_step") if hasattr(func, n)}
+        if defined:
+            warnings.warn("Solver '{}' does not support callbacks {}".format(method, defined))
 
     core = _core_options(method, options, norm)
     state_dtype = (y0[0] if is_structured(y0) else y0).dtype

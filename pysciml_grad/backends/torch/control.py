@@ -134,6 +134,8 @@ def _compile(name: str, value: Any) -> Any:
             "(fullgraph=True and dynamic=False are fixed: the step is one graph of static shapes)"
         )
     raise InvalidProblemError(f"{name} must be True/False or a mapping of torch.compile keywords, got {type(value).__name__}")
+
+
 def _function(what: str) -> Callable:
     def check(name: str, value: Any) -> Callable:
         if not callable(value):
