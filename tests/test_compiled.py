@@ -51,6 +51,7 @@ FUNC = Linear()
 Y0 = torch.tensor([[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], dtype=torch.float64)
 
 
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
 def test_same_solution_as_eager_and_scipy(method):
     t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
@@ -67,6 +68,7 @@ def test_same_solution_as_eager_and_scipy(method):
     assert np.abs(ys_c.numpy() - ref).max() < 1e-6
 
 
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 def test_no_recompile_over_100_calls_with_random_times():
     from torch._dynamo.utils import counters
 
@@ -88,6 +90,7 @@ def test_no_recompile_over_100_calls_with_random_times():
     assert sum(counters["recompiles"].values()) == recompiles
 
 
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 def test_checkpoint_adjoint_gradient_matches_eager():
     # The forward records the same accepted steps and the compiled replay is the same step
     # map, so the gradient equals the eager one to rounding.
@@ -122,12 +125,31 @@ def test_func_that_breaks_the_graph_falls_back_with_warning():
     assert torch.allclose(ys, exact, atol=1e-7)
 
 
-def test_fixed_step_method_warns_and_runs_eagerly():
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+@pytest.mark.parametrize("options", [{}, {"step_size": 0.13}])
+def test_fixed_step_rk4_matches_eager_and_checkpoint_gradient(options):
+    # On the grid t, and with a step_size whose steps serve saves by Hermite interpolation.
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    out = []
+    for opt in ({**options, "compile": EAGER}, options):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys = psg.odeint(FUNC, y0, t, method="rk4", sensealg=psg.CheckpointAdjoint(), options=opt)
+        ys.square().sum().backward()
+        out.append((ys.detach(), y0.grad.clone(), FUNC.A.grad.clone()))
+    for c, e in zip(*out):
+        assert torch.allclose(c, e, rtol=0, atol=1e-13)
+    # rk4 is 4th order: against the closed-form-quality SciPy solution at h = 0.2 / 0.13.
+    assert np.abs(out[0][0].numpy() - scipy_reference(Y0.numpy(), t.numpy())).max() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["leapfrog", "explicit_adams"])
+def test_multistep_methods_warn_and_run_eagerly(method):
     t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
-    with torch.no_grad(), pytest.warns(CompileFallbackWarning, match="adaptive"):
-        ys = psg.odeint(FUNC, Y0, t, method="rk4", options={"compile": True})
+    with torch.no_grad(), pytest.warns(CompileFallbackWarning, match="Runge-Kutta"):
+        ys = psg.odeint(FUNC, Y0, t, method=method, options={"compile": True})
     with torch.no_grad():
-        assert torch.equal(ys, psg.odeint(FUNC, Y0, t, method="rk4"))
+        assert torch.equal(ys, psg.odeint(FUNC, Y0, t, method=method))
 
 
 @pytest.mark.parametrize("value, error", [("yes", InvalidProblemError), ({"fullgraph": False}, InvalidProblemError)])

@@ -167,8 +167,8 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
 def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentiate_control: bool,
                  tensor_times: bool, callbacks: StepCallbacks) -> Optional[str]:
     """Why this solve cannot use the compiled step (None: it can)."""
-    if tab is None or not tab.adaptive:
-        return "options['compile'] applies to the adaptive Runge-Kutta methods only"
+    if tab is None:
+        return "options['compile'] applies to the Runge-Kutta methods only (not leapfrog or the Adams methods)"
     if differentiate_control:
         return "DirectAD(through_controller=True) differentiates the step-size search, which the compiled step holds constant"
     if tensor_times:
@@ -190,7 +190,10 @@ def maybe_integrate(rhs: CountingRHS, tab: Optional[ButcherTableau], t_save: Seq
         _warn_fallback(reason)
         return None
     nfe = rhs.nfe
-    ys = integrate_compiled(rhs, tab, t_save, y0, f0, rtol, atol, opts, counters, record)
+    if tab.adaptive:
+        ys = integrate_compiled(rhs, tab, t_save, y0, f0, rtol, atol, opts, counters, record)
+    else:
+        ys = integrate_fixed_compiled(rhs, tab, t_save, y0, f0, opts, counters, record)
     if ys is None:  # nothing recorded yet: capture fails on the first trial step
         rhs.nfe = nfe
         counters.n_steps = counters.n_rejected = 0
@@ -379,3 +382,89 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
         fn = _fresh_code(make_replay(tab, func))
         entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
     return CompiledReplay(entry, y.dtype, y.device, tab.stages)
+
+
+def make_fixed_step(tab: ButcherTableau, func: Callable) -> Callable:
+    """``step(t, h, t_next, y, k0) -> (y_next, ks, f(t_next, y_next))``: one step of a
+    fixed-step table as one traceable function of 0-d float64 tensors. The next step's
+    first stage is evaluated here, so a step needs no host value at all: the grid is
+    known in advance, and the loop never synchronises."""
+    c, a, b = tab.c, tab.a, tab.b
+
+    def step(t, h, t_next, y, k0):
+        hy = h.to(y.dtype)
+        ks = [k0]
+        for ci, ai in zip(c[1:], a):
+            y_stage = y
+            for cj, k in zip(ai, ks):
+                if cj != 0.0:
+                    y_stage = y_stage + (hy * cj) * k
+            ks.append(func((t + ci * h).to(y.dtype), y_stage))
+        y_next = y
+        for bj, k in zip(b, ks):
+            if bj != 0.0:
+                y_next = y_next + (hy * bj) * k
+        return y_next, ks, func(t_next.to(y.dtype), y_next)
+
+    return step
+
+
+def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequence[Scalar], y0: torch.Tensor,
+                             f0: torch.Tensor, opts: SolverOptions, counters: Counters,
+                             record: Record = None) -> Optional[List[torch.Tensor]]:
+    """``integrate.integrate_fixed`` for a Runge-Kutta table on the compiled step: the grid
+    (the save times, or equal steps of ``step_size``) is one float64 device tensor, and
+    save times inside a step come from the same cubic Hermite interpolant, eagerly."""
+    from .integrate import fixed_grid
+
+    ts = [as_float(x) for x in t_save]
+    n = fixed_grid(ts, opts.step_size)
+    if n is None:
+        grid_f = list(ts)
+    else:
+        grid_f = [ts[0] + (ts[-1] - ts[0]) * (j / n) for j in range(n)] + [ts[-1]]
+    if len(grid_f) - 1 > opts.max_num_steps:
+        raise MaxStepsExceededError(
+            f"the fixed-step grid has {len(grid_f) - 1} steps, more than max_num_steps={opts.max_num_steps}: "
+            "raise options['max_num_steps'], the step size, or pass fewer save times."
+        )
+    settings = compile_settings(opts.compile)
+    owner, inner = (rhs.func.__self__, rhs.func.__func__) if isinstance(rhs.func, types.MethodType) else (rhs.func, None)
+    key = ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
+           tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    try:
+        table = _CACHE.setdefault(owner, {})
+    except TypeError:
+        table, key = _UNOWNED, (id(rhs.func),) + key
+    entry = table.get(key)
+    if entry is None:
+        fn = _fresh_code(make_fixed_step(tab, rhs.func))
+        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    if entry.broken is not None:
+        _warn_fallback(entry.broken)
+        return None
+    grid = torch.tensor(grid_f, dtype=torch.float64, device=y0.device)
+    times, steps = grid.unbind(0), (grid[1:] - grid[:-1]).unbind(0)
+    direction = 1.0 if ts[-1] > ts[0] else -1.0
+    ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
+    y, k0, i = y0, f0, 1
+    for j in range(len(grid_f) - 1):
+        try:
+            y_next, ks, k_next = entry.fn(times[j], steps[j], times[j + 1], y, k0)
+        except Exception as exc:
+            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            _warn_fallback(entry.broken)
+            return None
+        entry.calls += 1
+        rhs.nfe += tab.stages
+        h_f = grid_f[j + 1] - grid_f[j]
+        saves, i = _saves_in_step(ts, ts, i, grid_f[j], h_f, grid_f[j + 1], direction, True)
+        if saves:
+            _serve(saves, ys, None, h_f, y, y_next, ks, lambda: k_next)
+        if record is not None:
+            record(AcceptedStep(grid_f[j], h_f, y, saves, None, ks=ks))
+        counters.n_steps += 1
+        y, k0 = y_next, k_next
+    return ys  # type: ignore[return-value]

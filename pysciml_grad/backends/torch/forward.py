@@ -125,7 +125,8 @@ def forward_solve(
         rhs.nfe += 1
     check_rhs_output(f0, y0, as_float(t_save[0]))
     counters = Counters()
-    ys = compiled.maybe_integrate(rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
+    rk_tab = None if method.adams is not None else method.tableau  # Adams' tableau is only its start-up
+    ys = compiled.maybe_integrate(rhs, rk_tab, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
                                   differentiate_control, counters, record) if opts.compile else None
     if ys is not None:
         pass
