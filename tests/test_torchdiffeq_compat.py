@@ -130,7 +130,8 @@ def test_env_var_upgrades_odeint_to_checkpoint_with_the_same_gradient(monkeypatc
         ours.odeint(f, y0, t)
 
 
-def test_perturb_keeps_grid_points_out_of_func():
+@pytest.mark.parametrize("method", ["rk4", "euler", "explicit_adams", "implicit_adams"])
+def test_perturb_keeps_grid_points_out_of_func(method):
     ts = []
 
     def f(t, x):
@@ -138,8 +139,15 @@ def test_perturb_keeps_grid_points_out_of_func():
         return -x
 
     x0 = torch.tensor([1.0, 2.0])
-    ours.odeint(f, x0, torch.tensor([0.0, 1.0]), method="rk4", options=dict(step_size=0.5, perturb=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.odeint(f, x0, torch.tensor([0.0, 1.0]), method=method, options=dict(step_size=0.5, perturb=True))
     assert ts and not {0.0, 0.5, 1.0} & set(ts)
+    ts.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.odeint(f, x0, torch.tensor([0.0, 1.0]), method=method, options=dict(step_size=0.5))
+    assert {0.0, 0.5} <= set(ts)
 
 
 def test_jump_t_and_min_step():

@@ -48,7 +48,7 @@ import torch
 from ...errors import InvalidProblemError, MaxStepsExceededError, SolverAccuracyWarning
 from . import callbacks
 from .integrate import AcceptedStep, CountingRHS, Counters, Record, Scalar, Until, _saves_in_step, as_float, fixed_grid
-from .stepping import hermite, rk_step
+from .stepping import hermite, nudge, rk_step
 from .tableaus import TABLEAUS
 
 #: The highest order offered (torchdiffeq's ``_MAX_ORDER``); below 4 the method is RK4 only.
@@ -148,6 +148,7 @@ def integrate_adams(
     grid_f = [as_float(x) for x in grid]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     start = TABLEAUS["rk38"]
+    perturb = bool(getattr(opts, "perturb", False))
     history: Deque[torch.Tensor] = deque(maxlen=max(max_order - 1, 1))
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     i = 1
@@ -158,12 +159,13 @@ def integrate_adams(
         h = t_next - t
         if cb.step is not None:
             cb.step(t, y, h)
-        if f_n is None:
-            f_n = rhs(t, y)
+        if f_n is None or perturb:
+            # perturb (torchdiffeq fixed_adams.py): f at t_n from one ulp after the grid point.
+            f_n = rhs(nudge(t, t_next, y), y) if perturb else rhs(t, y)
         history.appendleft(f_n)
         order = min(len(history), max_order - 1)
         if order < MIN_ORDER - 1:
-            y_next, _, _ = rk_step(rhs, start, t, y, h, f_n)
+            y_next, _, _ = rk_step(rhs, start, t, y, h, f_n, perturb_start=perturb, perturb_end=perturb)
         else:
             dy = _dot(h, bashforth(order), list(history)[:order])
             if spec.implicit:
@@ -172,7 +174,8 @@ def integrate_adams(
                 converged = False
                 for _ in range(max_iters):
                     dy_old = dy
-                    dy = (h * float(mu[0])) * rhs(t_next, y + dy) + delta
+                    t_corr = nudge(t_next, t, y) if perturb else t_next  # one ulp before t_{n+1}
+                    dy = (h * float(mu[0])) * rhs(t_corr, y + dy) + delta
                     with torch.no_grad():
                         tol = atol + rtol * torch.maximum(dy_old.abs(), dy.abs())
                         converged = bool(((dy_old - dy).abs() / tol).max() < 1)
