@@ -13,6 +13,7 @@ from .sensealg import __all__ as _sensealg_names
 from .dense import DenseSolution, odeint_dense
 from .events import odeint_event
 from .solve import odeint
+from .norms import PerSampleNorm
 from .gradaudit import AuditReport, audit
 from .training import (
     PolynomialLibrary, SparseModel, fit_lbfgs, group_ranges, multiple_shoot, shooting_initial_states, stlsq,
@@ -21,7 +22,7 @@ from .training import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_event", "odeint_dense", "DenseSolution", "errors", "julia", "SolveStats", *_sensealg_names,
+    "odeint", "odeint_event", "odeint_dense", "DenseSolution", "PerSampleNorm", "errors", "julia", "SolveStats", *_sensealg_names,
     "audit", "AuditReport", "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
     "PolynomialLibrary", "SparseModel", "stlsq",
 ]

@@ -123,6 +123,7 @@ def wrap_norm(norm: Callable, structure: Structure) -> Callable:
     def flat_norm(x: torch.Tensor) -> torch.Tensor:
         return norm(structure.unflatten(x))
 
+    flat_norm.per_sample = getattr(norm, "per_sample", False)  # see norms.PerSampleNorm
     return flat_norm
 
 

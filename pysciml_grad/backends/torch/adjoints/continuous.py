@@ -57,13 +57,28 @@ def seminorm(sensealg) -> bool:
     return value
 
 
-def mixed_ratio(blocks: Blocks, rtol: float, atol: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """err -> max over blocks of RMS(err / (atol + rtol max(|y|, |y_next|))) of the block."""
+def mixed_ratio(blocks: Blocks, rtol: float, atol: float, state_norm: Optional[Callable] = None,
+                state_blocks: int = 0, state_shape: Tuple[int, ...] = ()) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """err -> max over blocks of RMS(err / (atol + rtol max(|y|, |y_next|))) of the block.
+
+    With ``state_norm`` (a per-sample forward norm, ``norms.PerSampleNorm``) the first
+    ``state_blocks`` blocks (y and/or a, each shaped like the state) are measured with it
+    instead, so each sample's adjoint is held to its own tolerance as its forward was.
+    """
 
     def ratio(err: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor) -> torch.Tensor:
         scale = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
-        sq = (err / scale).square()
-        return torch.stack([sq[a:b].mean() for a, b in blocks if b > a]).max().sqrt()
+        x = err / scale
+        sq = x.square()
+        parts = []
+        for k, (a, b) in enumerate(blocks):
+            if b <= a:
+                continue
+            if state_norm is not None and k < state_blocks:
+                parts.append(torch.as_tensor(state_norm(x[a:b].view(state_shape))).square())
+            else:
+                parts.append(sq[a:b].mean())
+        return torch.stack(parts).max().sqrt()
 
     return ratio
 
@@ -135,6 +150,13 @@ class BackwardSolver:
                 "adaptive adjoint_method such as 'dopri5'"
             )
 
+    def _ratio(self, rhs: Callable, blocks: Blocks):
+        norm = self.opts.norm
+        if not getattr(norm, "per_sample", False) or not isinstance(rhs, AdjointRHS):
+            return mixed_ratio(blocks, self.rtol, self.atol)
+        n_state = 2 if rhs.trajectory is None else 1  # [y, a, g] (backsolve) or [a, g]
+        return mixed_ratio(blocks, self.rtol, self.atol, norm, n_state, tuple(rhs.shape))
+
     def integrate(self, rhs: Callable, s0: torch.Tensor, t_from: float, t_to: float, blocks: Blocks,
                   record: Record = None) -> torch.Tensor:
         reached = [t_from]
@@ -151,7 +173,7 @@ class BackwardSolver:
             if self.method.adaptive:
                 ys = integrate_adaptive(
                     rhs, self.method.tableau, [t_from, t_to], s0, f0, self.rtol, self.atol, self.opts,
-                    False, Counters(), rec, ratio_fn=mixed_ratio(blocks, self.rtol, self.atol),
+                    False, Counters(), rec, ratio_fn=self._ratio(rhs, blocks),
                 )
             elif self.method.adams is not None:
                 ys = integrate_adams(rhs, self.method.adams, [t_from, t_to], s0, f0, self.opts, self.rtol, self.atol,
