@@ -36,7 +36,9 @@ def odeint(
         Or a structured state: a tuple, list or dict of such tensors, nested (e.g.
         FFJORD's ``(z, logp)``); ``func`` then takes and returns that structure, and the
         result has it too, each leaf of shape ``(len(t), *leaf.shape)`` (see ``pytree``).
-    t : 1-D strictly monotonic (increasing or decreasing) tensor of save times.
+    t : 1-D strictly monotonic (increasing or decreasing) tensor of save times; or a
+        ``(B, T)`` tensor of per-sample save times (row b for sample b = y0[b], NaN-padded
+        at the end; result ``(T, B, *y0.shape[1:])``, NaN where padded; see ``batching``).
     method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
         ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive).
     sensealg : how gradients are computed; default ``psg.CheckpointAdjoint()`` (torch) /
@@ -52,6 +54,13 @@ def odeint(
     ys : tensor of shape ``(len(t), *y0.shape)`` (or y0's structure of such tensors);
         or ``(ys, stats)`` with ``return_stats``.
     """
+    if isinstance(t, torch.Tensor) and t.dim() == 2:  # per-sample save times (batching.py)
+        from .batching import odeint_per_sample_times
+
+        return odeint_per_sample_times(
+            odeint, func, y0, t, method=method, rtol=rtol, atol=atol, sensealg=sensealg,
+            backend=backend, options=options, params=params,
+        )
     if is_structured(y0):
         if not callable(func):
             raise InvalidProblemError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}")

@@ -1,0 +1,135 @@
+"""Per-sample save times: ``t`` of shape ``(B, T)`` (issue 13).
+
+Row b of ``t`` holds sample b's save times (batch = first dimension of y0), strictly
+monotonic, every row in the same direction; a shorter row is padded with NaN at its
+end. The result has shape ``(T, B, *y0.shape[1:])`` like the 1-D API's
+``(len(t), *y0.shape)``, so ``ys[i]`` is still "the i-th save of every sample"; padded
+entries are NaN (mask them out of the loss).
+
+How it is solved, exactly (one batched solve, then a gather):
+
+* every row starts at the same time t0: solve once on the union of all rows' valid
+  times and gather each sample's own times from it;
+* rows start at different times t0_b (their spans [t0_b, t1_b] differ): each sample is
+  solved in its own rescaled time s in [0, 1], t = t0_b + s (t1_b - t0_b), where
+  dy_b/ds = (t1_b - t0_b) f(t0_b + s (t1_b - t0_b), y_b) — the same solution curve,
+  reparametrised (no approximation). ``func`` then receives ``t`` as a ``(B,)`` tensor of
+  every sample's own time (an autonomous func does not notice); the union is taken of the
+  rescaled times.
+
+Differentiating with respect to a 2-D ``t`` is not supported (its entries are detached).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+import torch
+
+from .errors import InvalidTimeError
+
+
+def check_per_sample_times(t: torch.Tensor, y0: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Validate a ``(B, T)`` t; return (t detached, lengths (B,) of the valid prefixes)."""
+    if not isinstance(y0, torch.Tensor):
+        raise InvalidTimeError(
+            "per-sample save times (t of shape (B, T)) need y0 to be one tensor whose first dimension "
+            f"is the batch, got {type(y0).__name__}; use a 1-D t for structured states"
+        )
+    if not t.is_floating_point():
+        raise InvalidTimeError(f"t has dtype {t.dtype}; save times must be floating point, e.g. t.double()")
+    if t.requires_grad:
+        raise InvalidTimeError(
+            "gradients with respect to a 2-D t (per-sample save times) are not supported: pass t.detach(), "
+            "or solve each sample with its own 1-D t"
+        )
+    if y0.dim() == 0 or t.shape[0] != y0.shape[0]:
+        raise InvalidTimeError(
+            f"t of shape {tuple(t.shape)} gives per-sample save times for {t.shape[0]} samples, but y0 has "
+            f"shape {tuple(y0.shape)} (its first dimension is the batch); they must agree"
+        )
+    t = t.detach().to(device=y0.device)
+    nan = torch.isnan(t)
+    if bool(torch.isinf(t).any()):
+        raise InvalidTimeError("t contains inf; save times must be finite (pad ragged rows with NaN)")
+    # NaN only as padding at the end of a row: once NaN, NaN to the end.
+    bad = nan[:, :-1] & ~nan[:, 1:]
+    if bool(bad.any()):
+        b, k = (int(v) for v in bad.nonzero()[0])
+        raise InvalidTimeError(
+            f"row {b} of t has NaN at position {k} followed by a number: NaN may only pad the end of a "
+            "row (put each sample's valid times first)"
+        )
+    lengths = (~nan).sum(1)
+    if bool((lengths < 2).any()):
+        b = int((lengths < 2).nonzero()[0])
+        raise InvalidTimeError(f"row {b} of t has {int(lengths[b])} valid time(s); each sample needs at least 2")
+    dt = t[:, 1:] - t[:, :-1]
+    valid = ~nan[:, 1:]
+    if bool(((dt == 0) & valid).any()):
+        b, k = (int(v) for v in ((dt == 0) & valid).nonzero()[0])
+        raise InvalidTimeError(f"row {b} of t repeats the time {float(t[b, k]):g} at positions {k}, {k + 1}; remove duplicates")
+    direction = torch.sign(dt[:, 0])
+    if not bool((direction == direction[0]).all()):
+        b = int((direction != direction[0]).nonzero()[0])
+        raise InvalidTimeError(
+            f"row {b} of t runs {'forward' if direction[b] > 0 else 'backward'} in time but row 0 runs "
+            f"{'forward' if direction[0] > 0 else 'backward'}; all samples must integrate in the same direction"
+        )
+    wrong = (torch.sign(dt) != direction[0]) & valid
+    if bool(wrong.any()):
+        b, k = (int(v) for v in wrong.nonzero()[0])
+        raise InvalidTimeError(
+            f"row {b} of t is not strictly monotonic: it changes direction at positions {k}, {k + 1} "
+            f"({float(t[b, k]):g}, {float(t[b, k + 1]):g}); sort each row"
+        )
+    return t, lengths
+
+
+class RescaledFunc:
+    """f in each sample's rescaled time s in [0, 1]: ``span_b * f(t0_b + s span_b, y)_b``."""
+
+    def __init__(self, func: Callable, t0: torch.Tensor, span: torch.Tensor, ndim: int):
+        self.func = func
+        self.t0 = t0
+        self.span = span
+        self.scale = span.view(-1, *([1] * (ndim - 1)))
+
+    def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tau = self.t0 + s * self.span
+        return self.func(tau, y) * self.scale
+
+
+def odeint_per_sample_times(odeint: Callable, func: Callable, y0: torch.Tensor, t: torch.Tensor, **kwargs):
+    """``odeint`` with ``t`` of shape ``(B, T)``: see the module docstring."""
+    t, lengths = check_per_sample_times(t, y0)
+    B, T = t.shape
+    rows = torch.arange(B, device=t.device)
+    t0 = t[:, 0]
+    t1 = t[rows, lengths - 1]
+    params = list(kwargs.pop("params", None) or [])
+    if isinstance(func, torch.nn.Module):
+        params = list(func.parameters()) + params
+    if bool((t0 == t0[0]).all()):
+        times, solve_func = t, func
+    else:
+        span = (t1 - t0).to(y0.dtype)
+        times = (t - t0[:, None]) / (t1 - t0)[:, None]
+        times[rows, lengths - 1] = 1.0  # exact end, so the union holds 1.0 once
+        solve_func = RescaledFunc(func, t0.to(y0.dtype), span, y0.dim())
+    valid = ~torch.isnan(times)
+    union = torch.unique(times[valid])  # sorted ascending
+    descending = bool(times[0, 1] < times[0, 0])  # rescaled s always ascends
+    if descending:
+        union = union.flip(0)
+    out = odeint(solve_func, y0, union, params=params or None, **kwargs)
+    ys, stats = out if isinstance(out, tuple) else (out, None)
+    # position of every valid time in the union (ascending search, then mirrored)
+    asc = union.flip(0) if descending else union
+    idx = torch.searchsorted(asc, torch.where(valid, times, asc[0]).contiguous())
+    if descending:
+        idx = len(union) - 1 - idx
+    gathered = ys[idx.T, rows[None, :]]  # (T, B, *y0.shape[1:])
+    mask = valid.T.reshape(T, B, *([1] * (y0.dim() - 1)))
+    result = torch.where(mask, gathered, torch.full_like(gathered, float("nan")))
+    return (result, stats) if stats is not None else result
