@@ -174,7 +174,9 @@ def _check_t(t: Any, y0: torch.Tensor) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise InvalidTimeError(f"t must be a 1-D torch.Tensor of save times, got {type(t).__name__}")
     if t.dim() != 1:
-        raise InvalidTimeError(f"t must be 1-D (the save times), got shape {tuple(t.shape)}")
+        raise InvalidTimeError(
+            f"t must be 1-D (the save times) or 2-D (B, T) (per-sample save times), got shape {tuple(t.shape)}"
+        )
     if not t.is_floating_point():
         raise InvalidTimeError(
             f"t has dtype {t.dtype}; save times must be floating point, e.g. torch.linspace(0., 1., 11) or t.double()"

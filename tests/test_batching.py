@@ -182,3 +182,22 @@ def test_per_sample_times_bad_rows_raise_at_once(rows, match):
     y0 = torch.ones(2, 2, dtype=torch.float64)
     with pytest.raises(psg.errors.InvalidTimeError, match=match):
         psg.odeint(lambda t, y: -y, y0, torch.tensor(rows, dtype=torch.float64))
+
+
+def test_per_sample_times_refuse_a_t_that_requires_grad():
+    t = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(psg.errors.InvalidTimeError, match="not supported"):
+        psg.odeint(lambda s, y: -y, torch.ones(2, 1, dtype=torch.float64), t)
+
+
+def test_per_sample_times_with_per_sample_norm_and_stats():
+    # Both features together; decay rates differ per sample: y_b(t) = exp(-k_b t).
+    k = torch.tensor([1.0, 30.0, 2.0], dtype=torch.float64)
+    t = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, NAN], [0.0, 2.0, NAN]], dtype=torch.float64)
+    y0 = torch.ones(3, 1, dtype=torch.float64)
+    ys, stats = psg.odeint(lambda s, y: -k.reshape(-1, 1) * y, y0, t, rtol=1e-8, atol=1e-12,
+                           options={"norm": psg.PerSampleNorm(), "return_stats": True})
+    exact = torch.exp(-k[None, :] * (t.T - t[:, 0][None, :]))
+    valid = ~torch.isnan(t.T)
+    assert torch.allclose(ys[..., 0][valid], exact[valid], rtol=1e-6, atol=0)
+    assert stats.n_steps > 0

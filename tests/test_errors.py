@@ -25,7 +25,9 @@ def solve(func=decay, y0=Y0, t=T, **kw):
 @pytest.mark.parametrize(
     "t, cls, words",
     [
-        (torch.zeros(2, 2, dtype=F64), errors.InvalidTimeError, "1-D"),
+        (torch.zeros(2, 2, 2, dtype=F64), errors.InvalidTimeError, "1-D"),
+        # 2-D t is per-sample save times (pysciml_grad.batching): an all-zero row repeats a time.
+        (torch.zeros(2, 2, dtype=F64), errors.InvalidTimeError, "repeats the time|batch"),
         (torch.tensor([0, 1]), errors.InvalidTimeError, "floating"),
         (torch.tensor([0.0], dtype=F64), errors.InvalidTimeError, "at least 2"),
         (torch.tensor([0.0, 1.0, 0.5], dtype=F64), errors.InvalidTimeError, "changes direction"),
