@@ -152,6 +152,16 @@ def test_multistep_methods_warn_and_run_eagerly(method):
         assert torch.equal(ys, psg.odeint(FUNC, Y0, t, method=method))
 
 
+def test_perturb_with_a_fixed_step_method_runs_eagerly():
+    # torchdiffeq's perturb nudges stage times by one ulp; the compiled step does not, so it
+    # must not silently drop the option.
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    with torch.no_grad(), pytest.warns(CompileFallbackWarning, match="perturb"):
+        ys = psg.odeint(FUNC, Y0, t, method="rk4", options={"compile": EAGER, "perturb": True})
+    with torch.no_grad():
+        assert torch.equal(ys, psg.odeint(FUNC, Y0, t, method="rk4", options={"perturb": True}))
+
+
 @pytest.mark.parametrize("value, error", [("yes", InvalidProblemError), ({"fullgraph": False}, InvalidProblemError)])
 def test_bad_compile_option_is_refused(value, error):
     with pytest.raises(error, match="compile"):

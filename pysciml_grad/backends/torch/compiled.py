@@ -169,6 +169,8 @@ def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentia
     """Why this solve cannot use the compiled step (None: it can)."""
     if tab is None:
         return "options['compile'] applies to the Runge-Kutta methods only (not leapfrog or the Adams methods)"
+    if getattr(opts, "perturb", False) and not tab.adaptive:
+        return "options['perturb'] moves stage times one ulp inside each step, which the compiled step does not"
     if differentiate_control:
         return "DirectAD(through_controller=True) differentiates the step-size search, which the compiled step holds constant"
     if tensor_times:

@@ -38,7 +38,7 @@ class SolverOptions:
                    x = err / (atol + rtol max(|y_n|, |y_{n+1}|)), replacing the RMS norm;
                    a step is accepted when it is <= 1. For a structured state it
                    receives that structure (torchdiffeq's ``norm`` option).
-    compile        adaptive RK methods: True, or a mapping of torch.compile keywords
+    compile        Runge-Kutta methods: True, or a mapping of torch.compile keywords
                    (backend, mode, options), runs the trial step compiled (``compiled.py``).
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).

@@ -205,7 +205,8 @@ class CheckpointStrategy:
         # options['compile']: steps with no dense save are replayed on one compiled graph
         # (forward and its backward); the first replay stays eager for check_graph's watch.
         fast = None
-        if self.opts.compile and self.tab is not None and self.rng is None and tv is None:
+        if (self.opts.compile and self.tab is not None and self.rng is None and tv is None
+                and not getattr(self.opts, "perturb", False)):
             fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0)
         for count, (n, state) in enumerate(reverse(N, self.store.states, self._advance(rhs), self.budget, counter)):
             with torch.enable_grad():  # the step times carry a graph to t when dL/dt is wanted
