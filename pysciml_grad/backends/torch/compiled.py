@@ -73,6 +73,34 @@ def compile_settings(value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
+def _combine(y, hc, coeffs, ks):
+    # y + sum_j (h a_j) k_j, zero coefficients skipped (traced once; they are constants).
+    out = y
+    for cj, k in zip(coeffs, ks):
+        if cj != 0.0:
+            out = out + (hc * cj) * k
+    return out
+
+
+def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False):
+    """``(y_next, ks)`` of one explicit Runge-Kutta step from ``k0 = f(t, y)``:
+
+        k_i = f(t + c_i h, y + h sum_j a_ij k_j),   y_next = y + h sum_i b_i k_i,
+
+    shared by the adaptive, replay and fixed-step functions. Plain Python over tensors
+    with the table's coefficients as constants, so ``torch.compile(fullgraph=True)``
+    traces it into one graph. ``fsal`` (a trace-time constant): the last stage's state
+    is ``y_next`` (its row of ``a`` is ``b``), so the combination is not formed again."""
+    hy = h.to(y.dtype)
+    ks = [k0]
+    y_stage = y
+    for ci, ai in zip(c[1:], a):
+        y_stage = _combine(y, hy, ai, ks)
+        ks.append(func((t + ci * h).to(y.dtype), y_stage))
+    y_next = y_stage if fsal else _combine(y, hy, b, ks)
+    return y_next, ks
+
+
 def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float) -> Callable:
     """The trial step of ``tab`` for ``func`` as one traceable function.
 
@@ -89,26 +117,13 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     alpha, beta = ctl.alpha, ctl.beta
     safety, ifactor, dfactor = ctl.safety, ctl.ifactor, ctl.dfactor
 
-    def combine(y, hc, coeffs, ks):
-        # y + sum_j (h a_j) k_j, zero coefficients skipped (traced once; they are constants).
-        out = y
-        for cj, k in zip(coeffs, ks):
-            if cj != 0.0:
-                out = out + (hc * cj) * k
-        return out
-
     def step(t, h, t_end, y, k0, rtol, atol, prev):
         last = (t + h - t_end) * h >= 0  # t + h reaches or passes t_end (h carries the direction)
         h = torch.where(last, t_end - t, h)
         hy = h.to(y.dtype)
-        ks = [k0]
-        y_stage = y
-        for ci, ai in zip(c[1:], a):
-            y_stage = combine(y, hy, ai, ks)
-            ks.append(func((t + ci * h).to(y.dtype), y_stage))
-        y_next = y_stage if fsal else combine(y, hy, b, ks)
+        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0, fsal)
         # The error estimate only steers h, a constant for the gradient: no graph.
-        err = combine(torch.zeros_like(y), hy, b_err, [k.detach() for k in ks])
+        err = _combine(torch.zeros_like(y), hy, b_err, [k.detach() for k in ks])
         scale = torch.maximum(y.detach().abs(), y_next.detach().abs()) * rtol + atol
         r = (err / scale).square().mean().clamp_min(torch.finfo(y.dtype).tiny).sqrt().to(h.dtype)
         finite = torch.isfinite(r)
@@ -326,19 +341,7 @@ def make_replay(tab: ButcherTableau, func: Callable) -> Callable:
     c, a, b = tab.c, tab.a, tab.b
 
     def replay(t, h, y):
-        hy = h.to(y.dtype)
-        ks = [func(t.to(y.dtype), y)]
-        for ci, ai in zip(c[1:], a):
-            y_stage = y
-            for cj, k in zip(ai, ks):
-                if cj != 0.0:
-                    y_stage = y_stage + (hy * cj) * k
-            ks.append(func((t + ci * h).to(y.dtype), y_stage))
-        out = y
-        for bj, k in zip(b, ks):
-            if bj != 0.0:
-                out = out + (hy * bj) * k
-        return out
+        return _rk_step(func, c, a, b, t, h, y, func(t.to(y.dtype), y))[0]
 
     return replay
 
@@ -394,18 +397,7 @@ def make_fixed_step(tab: ButcherTableau, func: Callable) -> Callable:
     c, a, b = tab.c, tab.a, tab.b
 
     def step(t, h, t_next, y, k0):
-        hy = h.to(y.dtype)
-        ks = [k0]
-        for ci, ai in zip(c[1:], a):
-            y_stage = y
-            for cj, k in zip(ai, ks):
-                if cj != 0.0:
-                    y_stage = y_stage + (hy * cj) * k
-            ks.append(func((t + ci * h).to(y.dtype), y_stage))
-        y_next = y
-        for bj, k in zip(b, ks):
-            if bj != 0.0:
-                y_next = y_next + (hy * bj) * k
+        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0)
         return y_next, ks, func(t_next.to(y.dtype), y_next)
 
     return step
