@@ -46,12 +46,11 @@ from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteSt
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .integrate import (
-    NONFINITE_SHRINK_LIMIT,
     AcceptedStep,
     CountingRHS,
     Counters,
     Record,
-    _check_finite,
+    _nonfinite_trial,
     _saves_in_step,
     _serve,
     _underflow,
@@ -293,15 +292,7 @@ def integrate_compiled(
         if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
             raise _underflow(opts, t_f, h_used, y, counters, nonfinite_from is not None)
         if not math.isfinite(ratio_f):
-            _check_finite(ks[0], t_f, "func(t, y) at an accepted state")
-            if nonfinite_from is None:
-                nonfinite_from = abs(h_used)
-            elif abs(h_used) < NONFINITE_SHRINK_LIMIT * nonfinite_from:
-                raise NonFiniteStateError(
-                    f"func(t, y) returns NaN/inf at every trial step from t={t_f:.6g}, for step sizes from "
-                    f"{nonfinite_from:.3g} down to {abs(h_used):.3g}: check func and its parameters just after "
-                    f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
-                )
+            nonfinite_from = _nonfinite_trial(ks[0], t_f, abs(h_used), nonfinite_from)
             counters.n_rejected += 1
             h = h_new
             continue

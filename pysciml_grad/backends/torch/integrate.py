@@ -134,6 +134,25 @@ def _saves_in_step(t_save: Sequence[Scalar], ts: Sequence[float], i: int, t: Sca
 NONFINITE_SHRINK_LIMIT = 1e-12
 
 
+def _nonfinite_trial(k0: torch.Tensor, t_f: float, h_abs: float, nonfinite_from: Optional[float]) -> float:
+    """A trial step of size ``h_abs`` from ``t_f`` gave a NaN/inf error estimate: the
+    start of the current run of such trials (``nonfinite_from``, the first one's step
+    size, or ``None``) after this one, for the caller to shrink h and retry. Raises
+    NonFiniteStateError when ``k0 = f(t, y)`` itself is not finite, or once the run has
+    shrunk h below ``NONFINITE_SHRINK_LIMIT`` times its first size. Shared by the eager
+    and the compiled adaptive loops."""
+    _check_finite(k0, t_f, "func(t, y) at an accepted state")
+    if nonfinite_from is None:
+        return h_abs
+    if h_abs < NONFINITE_SHRINK_LIMIT * nonfinite_from:
+        raise NonFiniteStateError(
+            f"func(t, y) returns NaN/inf at every trial step from t={t_f:.6g}, for step sizes from "
+            f"{nonfinite_from:.3g} down to {h_abs:.3g}: check func and its parameters just after "
+            f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
+        )
+    return nonfinite_from
+
+
 def integrate_adaptive(
     rhs: CountingRHS,
     tab: ButcherTableau,
@@ -247,15 +266,7 @@ def integrate_adaptive(
                 ratio_t = ratio_fn(err, y, y_next)
         ratio_f = as_float(ratio_t)
         if not math.isfinite(ratio_f):
-            _check_finite(ks[0], t_f, "func(t, y) at an accepted state")
-            if nonfinite_from is None:
-                nonfinite_from = abs(h_f)
-            elif abs(h_f) < NONFINITE_SHRINK_LIMIT * nonfinite_from:
-                raise NonFiniteStateError(
-                    f"func(t, y) returns NaN/inf at every trial step from t={t_f:.6g}, for step sizes from "
-                    f"{nonfinite_from:.3g} down to {abs(h_f):.3g}: check func and its parameters just after "
-                    f"t={t_f:.6g} (division by zero, log or sqrt of a negative number, overflow)."
-                )
+            nonfinite_from = _nonfinite_trial(ks[0], t_f, abs(h_f), nonfinite_from)
             counters.n_rejected += 1
             if cb.reject is not None:
                 cb.reject(t, y, h)
