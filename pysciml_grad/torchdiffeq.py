@@ -56,8 +56,11 @@ METHODS: Dict[str, str] = {
     "implicit_adams": "implicit_adams",
     "fixed_adams": "implicit_adams",  # torchdiffeq: "Backward compatibility: use the same name as before"
     "scipy_solver": "scipy_solver",
+    # Not in 0.2.5: torchdiffeq master (657943a, torchdiffeq/_impl/odeint.py SOLVERS,
+    # 'tsit5': Tsit5Solver in tsit5.py) adds Tsitouras 5(4), which our core has as tsit5.
+    "tsit5": "tsit5",
 }
-ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 # Keyword arguments of each solver family and their torchdiffeq defaults
@@ -73,7 +76,7 @@ _SOLVER_CLASS = {  # the class names torchdiffeq's warnings print
     "dopri8": "Dopri8Solver", "dopri5": "Dopri5Solver", "bosh3": "Bosh3Solver", "fehlberg2": "Fehlberg2",
     "adaptive_heun": "AdaptiveHeunSolver", "euler": "Euler", "midpoint": "Midpoint", "heun2": "Heun2",
     "heun3": "Heun3", "rk4": "RK4", "explicit_adams": "AdamsBashforth", "implicit_adams": "AdamsBashforthMoulton",
-    "fixed_adams": "AdamsBashforthMoulton", "scipy_solver": "ScipyWrapperODESolver",
+    "fixed_adams": "AdamsBashforthMoulton", "scipy_solver": "ScipyWrapperODESolver", "tsit5": "Tsit5Solver",
 }
 
 SENSEALG_ENV = "PYSCIML_GRAD_SENSEALG"

@@ -60,7 +60,7 @@ def test_rk4_is_the_3_8_rule():
     assert float((a - c).abs().max()) > 1e-8
 
 
-@pytest.mark.parametrize("method", ["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8", "tsit5"])
 def test_adaptive_methods_meet_tolerance_against_expm(method):
     y0 = torch.tensor([1.0, 0.5], dtype=D)
     t = torch.linspace(0.0, 3.0, 7, dtype=D)
