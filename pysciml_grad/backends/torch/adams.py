@@ -47,7 +47,7 @@ import torch
 
 from ...errors import InvalidProblemError, MaxStepsExceededError, SolverAccuracyWarning
 from . import callbacks
-from .integrate import AcceptedStep, CountingRHS, Counters, Record, Scalar, Until, _saves_in_step, as_float, fixed_grid
+from .integrate import AcceptedStep, CountingRHS, Counters, LazyRHS, Record, Scalar, Until, _saves_in_step, as_float, fixed_grid
 from .stepping import hermite, nudge, rk_step
 from .tableaus import TABLEAUS
 
@@ -191,12 +191,7 @@ def integrate_adams(
                     history.pop()
             y_next = y + dy
         saves, i = _saves_in_step(t_save, ts, i, t, h, grid_f[j + 1], direction, True)
-        f_cache: List[torch.Tensor] = []
-
-        def f_next() -> torch.Tensor:
-            if not f_cache:
-                f_cache.append(rhs(t_next, y_next))
-            return f_cache[0]
+        f_next = LazyRHS(rhs, t_next, y_next)
 
         for index, theta in saves:
             ys[index] = y_next if (isinstance(theta, float) and theta == 1.0) else hermite(theta, h, y, y_next, f_n, f_next())
@@ -207,5 +202,5 @@ def integrate_adams(
         if until is not None and until(step, t_next, y_next, f_next):
             break
         y = y_next
-        f_n = f_cache[0] if f_cache else None
+        f_n = f_next.value
     return ys  # type: ignore[return-value]

@@ -127,6 +127,22 @@ def _saves_in_step(t_save: Sequence[Scalar], ts: Sequence[float], i: int, t: Sca
     return saves, i
 
 
+class LazyRHS:
+    """``f(t_next, y_next)`` evaluated at most once, on the first call (or given, as an
+    FSAL table's last stage): dense output, ``until`` and the next step share it, and a
+    step whose value nobody asks for costs no evaluation. ``value`` is ``None`` until then."""
+
+    __slots__ = ("rhs", "t", "y", "value")
+
+    def __init__(self, rhs: Callable, t: "Scalar", y: torch.Tensor, value: Optional[torch.Tensor] = None):
+        self.rhs, self.t, self.y, self.value = rhs, t, y, value
+
+    def __call__(self) -> torch.Tensor:
+        if self.value is None:
+            self.value = self.rhs(self.t, self.y)
+        return self.value
+
+
 #: After a trial step with a NaN/inf error estimate the step is shrunk by ``dfactor`` and
 #: retried (a too-large trial step can overflow, or leave the domain of func, e.g. sqrt
 #: of a negative state); once a run of such trials has shrunk h by this factor the
@@ -292,12 +308,7 @@ def integrate_adaptive(
                 t_next = t_end if last else time_at(t_next_f)
             saves, i = _saves_in_step(t_save if (differentiate_control or tensor_times) else ts, ts, i, t, h,
                                       t_next_f, direction, True)
-            f_next_cache: List[torch.Tensor] = [ks[-1]] if tab.fsal else []
-
-            def f_next() -> torch.Tensor:
-                if not f_next_cache:
-                    f_next_cache.append(rhs(t_next, y_next))
-                return f_next_cache[0]
+            f_next = LazyRHS(rhs, t_next, y_next, ks[-1] if tab.fsal else None)
 
             _serve(saves, ys, tab, h, y, y_next, ks, f_next)
             step = AcceptedStep(t, h, y, saves, ks=ks)
@@ -307,7 +318,7 @@ def integrate_adaptive(
             if until is not None and until(step, t_next, y_next, f_next):
                 break
             t, t_f, y = t_next, t_next_f, y_next
-            k0 = f_next_cache[0] if f_next_cache else None
+            k0 = f_next.value
             if on_jump:
                 # Past a discontinuity of f: restart from its value just after the jump.
                 next_stop += 1
@@ -457,12 +468,7 @@ def integrate_fixed(
             y_next, ks, _ = rk_step(rhs, tab, t, y, h, None if opts.perturb else k0,
                                     perturb_start=opts.perturb, perturb_end=opts.perturb)
         saves, i = _saves_in_step(t_save, ts, i, t, h, grid_f[j + 1], direction, True)
-        f_cache: List[torch.Tensor] = []
-
-        def f_next() -> torch.Tensor:
-            if not f_cache:
-                f_cache.append(rhs(t_next, y_next))
-            return f_cache[0]
+        f_next = LazyRHS(rhs, t_next, y_next)
 
         for index, theta in saves:
             if isinstance(theta, float) and theta == 1.0:
@@ -477,7 +483,7 @@ def integrate_fixed(
         if check_finite_every_step:
             _check_finite(y_next, grid_f[j + 1], "the state")
         y_prev, y = y, y_next
-        k0 = f_cache[0] if f_cache else None
+        k0 = f_next.value
     return ys  # type: ignore[return-value]
 
 
