@@ -36,14 +36,9 @@ sys.path.insert(0, str(HERE.parent))
 import pysciml_grad as psg  # noqa: E402
 from pysciml_grad.backends.torch import discover as disc  # noqa: E402
 from pysciml_grad.backends.torch.adjoints import common  # noqa: E402
-from problems import mlp_problem  # noqa: E402
+from problems import interleaved_medians, mlp_problem, sync as _sync  # noqa: E402
 
 OUT = HERE / "discovery_overhead.md"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def plain_first_evaluation(func, t0, y0):
@@ -77,17 +72,11 @@ def main(argv=None) -> str:
                 once.nfe = stats.nfe + stats.nfe_backward
                 return time.perf_counter() - start
 
-            on, off = [], []
-            for r in range(args.repeats + 2):
-                common.discover = real
-                a = once()
-                common.discover = plain_first_evaluation  # lambda: params= given, so gradients still flow
-                b = once()
-                if r >= 2:
-                    on.append(a)
-                    off.append(b)
-            common.discover = real
-            rows.append((t1, label, once.nfe, statistics.median(on), statistics.median(off)))
+            # B: the lambda gets params=, so gradients still flow without discovery.
+            m_on, m_off = interleaved_medians(once, lambda: setattr(common, "discover", real),
+                                              lambda: setattr(common, "discover", plain_first_evaluation),
+                                              args.repeats)
+            rows.append((t1, label, once.nfe, m_on, m_off))
     prob = mlp_problem().to(device=args.device)
     n = 200
     for fn in (real, plain_first_evaluation):

@@ -16,8 +16,9 @@ Nothing here imports a peer library: only torch (and numpy for conversions).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -161,3 +162,27 @@ def memory_problem(n_steps: int, batch: int = MEMORY_BATCH, hidden: int = MEMORY
         info=dict(batch=batch, hidden=hidden, dim=2, t_span=[0.0, 1.0], dtype="float32",
                   loss="mean(y(1)^2)", method="rk4", n_steps=n_steps, step_size=1.0 / n_steps),
     )
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timer read after it measures the work."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(once: Callable[[], float], set_a: Callable[[], None], set_b: Callable[[], None],
+                        repeats: int, warmup: int = 2) -> Tuple[float, float]:
+    """Median times of ``once()`` under setting A and under setting B, the two run
+    alternately call by call (so machine load hits both alike), the first ``warmup``
+    rounds dropped; setting A is restored at the end."""
+    on, off = [], []
+    for r in range(repeats + warmup):
+        set_a()
+        a = once()
+        set_b()
+        b = once()
+        if r >= warmup:
+            on.append(a)
+            off.append(b)
+    set_a()
+    return statistics.median(on), statistics.median(off)

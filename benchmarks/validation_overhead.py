@@ -16,7 +16,6 @@ isolation, and that as a fraction of one evaluation of the MLP. Writes
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,14 +28,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import pysciml_grad as psg  # noqa: E402
 from pysciml_grad.backends.torch import integrate  # noqa: E402
-from problems import mlp_problem  # noqa: E402
+from problems import interleaved_medians, mlp_problem, sync as _sync  # noqa: E402
 
 OUT = HERE / "validation_overhead.md"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main(argv=None) -> str:
@@ -69,17 +63,9 @@ def main(argv=None) -> str:
                 once.nfe = stats.nfe + stats.nfe_backward
                 return time.perf_counter() - start
 
-            on, off = [], []
-            for r in range(args.repeats + 2):
-                integrate.check_rhs_meta = checked
-                a = once()
-                integrate.check_rhs_meta = lambda out, y, t: None
-                b = once()
-                if r >= 2:  # warm-up
-                    on.append(a)
-                    off.append(b)
-            integrate.check_rhs_meta = checked
-            m_on, m_off = statistics.median(on), statistics.median(off)
+            m_on, m_off = interleaved_medians(once, lambda: setattr(integrate, "check_rhs_meta", checked),
+                                              lambda: setattr(integrate, "check_rhs_meta", lambda out, y, t: None),
+                                              args.repeats)
             rows.append((t1, name, once.nfe, m_on, m_off))
     # The check alone, per call, against one MLP evaluation.
     prob = mlp_problem().to(device=args.device)
