@@ -159,17 +159,40 @@ _CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple, CompiledStep]]" = weakref.We
 _UNOWNED: Dict[Tuple, CompiledStep] = {}  # funcs that cannot be weakly referenced
 
 
+def _cache_slot(func: Callable) -> Tuple[Dict[Tuple, CompiledStep], Any, Tuple]:
+    """``(table, inner, prefix)`` for caching a compiled function of ``func``: the weak
+    table of its owner (func, or a bound method's ``__self__``), the bound method's
+    function (``None`` for a plain func) for the key, and ``(id(func),)`` to put in front
+    of the key when func cannot be weakly referenced (then the table is ``_UNOWNED``)."""
+    owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
+    try:
+        return _CACHE.setdefault(owner, {}), inner, ()
+    except TypeError:
+        return _UNOWNED, inner, (id(func),)
+
+
+def _call(entry: CompiledStep, *args):
+    """``entry.fn(*args)``, or ``None`` (with a CompileFallbackWarning, and ``entry``
+    marked broken) when the first calls fail to capture func in one graph."""
+    try:
+        out = entry.fn(*args)
+    except Exception as exc:  # capture failed: func is not traceable in one graph
+        if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+            raise
+        entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        _warn_fallback(entry.broken, stacklevel=5)
+        return None
+    entry.calls += 1
+    return out
+
+
 def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
                   tol_shapes: Tuple, settings: Dict[str, Any]) -> CompiledStep:
     """The cached compiled step for this (tableau, func, shapes, dtype, device, settings)."""
-    owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
-    key = (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
-           opts.safety, opts.ifactor, opts.dfactor, opts.max_step, tuple(sorted((k, repr(v)) for k, v in settings.items())))
-    try:
-        table = _CACHE.setdefault(owner, {})
-    except TypeError:
-        table = _UNOWNED
-        key = (id(func),) + key
+    table, inner, prefix = _cache_slot(func)
+    key = prefix + (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
+                    opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
     entry = table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
@@ -277,15 +300,10 @@ def integrate_compiled(
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
             )
-        try:
-            y_next, ks, info, h_new, prev_new, t_next = entry.fn(t, h, t_end, y, k0, rtol_t, atol_t, prev)
-        except Exception as exc:  # capture failed: func is not traceable in one graph
-            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-                raise
-            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            _warn_fallback(entry.broken)
+        out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev)
+        if out is None:
             return None
-        entry.calls += 1
+        y_next, ks, info, h_new, prev_new, t_next = out
         rhs.nfe += stages
         accepted_f, ratio_f, t_next_f, h_used = info.tolist()  # the one host sync per trial step
         last = t_next_f == ts[-1]
@@ -314,12 +332,12 @@ def integrate_compiled(
     return ys  # type: ignore[return-value]
 
 
-def _warn_fallback(reason: str) -> None:
+def _warn_fallback(reason: str, stacklevel: int = 4) -> None:
     warnings.warn(
         f"options['compile']: the solve runs eagerly because {reason}. To compile, make func one "
         "traceable graph (no .item(), print, data-dependent Python branches or non-torch calls).",
         CompileFallbackWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
 
 
@@ -351,28 +369,15 @@ class CompiledReplay:
             return None
         tt = torch.tensor(t, dtype=torch.float64, device=self.device)
         hh = torch.tensor(h, dtype=torch.float64, device=self.device)
-        try:
-            out = entry.fn(tt, hh, y)
-        except Exception as exc:
-            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-                raise
-            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            _warn_fallback(entry.broken)
-            return None
-        entry.calls += 1
-        return out
+        return _call(entry, tt, hh, y)
 
 
 def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor) -> CompiledReplay:
     """The cached compiled replay step (see :func:`make_replay`), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile)
-    owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
-    key = ("replay", tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
-    try:
-        table = _CACHE.setdefault(owner, {})
-    except TypeError:
-        table = _UNOWNED
-        key = (id(func),) + key
+    table, inner, prefix = _cache_slot(func)
+    key = prefix + ("replay", tab, inner, tuple(y.shape), y.dtype, y.device,
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_replay(tab, func))
@@ -414,13 +419,9 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
             "raise options['max_num_steps'], the step size, or pass fewer save times."
         )
     settings = compile_settings(opts.compile)
-    owner, inner = (rhs.func.__self__, rhs.func.__func__) if isinstance(rhs.func, types.MethodType) else (rhs.func, None)
-    key = ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
-           tuple(sorted((k, repr(v)) for k, v in settings.items())))
-    try:
-        table = _CACHE.setdefault(owner, {})
-    except TypeError:
-        table, key = _UNOWNED, (id(rhs.func),) + key
+    table, inner, prefix = _cache_slot(rhs.func)
+    key = prefix + ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_fixed_step(tab, rhs.func))
@@ -434,15 +435,10 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     y, k0, i = y0, f0, 1
     for j in range(len(grid_f) - 1):
-        try:
-            y_next, ks, k_next = entry.fn(times[j], steps[j], times[j + 1], y, k0)
-        except Exception as exc:
-            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-                raise
-            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            _warn_fallback(entry.broken)
+        out = _call(entry, times[j], steps[j], times[j + 1], y, k0)
+        if out is None:
             return None
-        entry.calls += 1
+        y_next, ks, k_next = out
         rhs.nfe += tab.stages
         h_f = grid_f[j + 1] - grid_f[j]
         saves, i = _saves_in_step(ts, ts, i, grid_f[j], h_f, grid_f[j + 1], direction, True)
