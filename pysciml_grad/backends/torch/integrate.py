@@ -28,7 +28,7 @@ from ...problem import check_rhs_meta
 from . import callbacks as _callbacks
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step, times_of
-from .stepping import dense_eval, error_ratio, leapfrog_step, nudge, rk_step
+from .stepping import dense_eval, dense_eval_many, error_ratio, leapfrog_step, nudge, rk_step
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -108,11 +108,18 @@ def _serve(
     ks: Sequence[torch.Tensor],
     f_next: Callable[[], torch.Tensor],
 ) -> None:
+    """Write the step's saves into ``ys``: theta = 1 is y_{n+1} itself; two or more dense
+    saves are one vectorised evaluation (``dense_eval_many``) split into per-save views."""
+    dense = [(index, theta) for index, theta in saves if not (isinstance(theta, float) and theta == 1.0)]
+    if len(dense) == 1:
+        ys[dense[0][0]] = dense_eval(tab, dense[0][1], h, y, y_next, ks, f_next)
+    elif dense:
+        values = dense_eval_many(tab, [theta for _, theta in dense], h, y, y_next, ks, f_next)
+        for (index, _), value in zip(dense, values.unbind(0)):
+            ys[index] = value
     for index, theta in saves:
         if isinstance(theta, float) and theta == 1.0:
             ys[index] = y_next
-        else:
-            ys[index] = dense_eval(tab, theta, h, y, y_next, ks, f_next)
 
 
 def _saves_in_step(t_save: Sequence[Scalar], ts: Sequence[float], i: int, t: Scalar, h: Scalar, t_next_f: float, direction: float, exact_end: bool) -> Tuple[List[Tuple[int, Scalar]], int]:
@@ -470,13 +477,11 @@ def integrate_fixed(
         saves, i = _saves_in_step(t_save, ts, i, t, h, grid_f[j + 1], direction, True)
         f_next = LazyRHS(rhs, t_next, y_next)
 
-        for index, theta in saves:
-            if isinstance(theta, float) and theta == 1.0:
-                ys[index] = y_next
-            elif opts.interp == "linear":
-                ys[index] = y + theta * (y_next - y)
-            else:
-                ys[index] = dense_eval(None, theta, h, y, y_next, ks, f_next)
+        if opts.interp == "linear":
+            for index, theta in saves:
+                ys[index] = y_next if isinstance(theta, float) and theta == 1.0 else y + theta * (y_next - y)
+        else:
+            _serve(saves, ys, None, h, y, y_next, ks, f_next)
         if record is not None:
             record(AcceptedStep(t, h, y, saves, y_prev, ks=ks))
         counters.n_steps += 1

@@ -218,7 +218,7 @@ class CheckpointStrategy:
                 watch = Watch([]) if count == 0 else contextlib.nullcontext()
                 y_fast = fast(t_n, h, inp[0]) if (fast is not None and count > 0 and not dense) else None
                 if y_fast is not None:
-                    nxt, values = (y_fast,), []
+                    nxt, values = (y_fast,), None
                     rhs.nfe += fast.n_stages
                 else:
                     with watch:
@@ -226,10 +226,14 @@ class CheckpointStrategy:
                                               inp, [th for _, th in dense])
                 state_in = [x for x in inp if x is not None]
                 extra = [tv] if tv is not None else []
+                outs, seeds = [nxt[-1]], [a_next]
+                if values is not None:  # the step's dense saves: one block, one gathered seed
+                    outs.append(values)
+                    seeds.append(grad_ys[[i for i, _ in dense]])
                 if count == 0:
                     # Once per backward: a tensor func reads only at later times is not an input.
-                    check_graph([nxt[-1], *values], state_in + list(all_params) + extra, NAME, watch)
-                grads = vjp([nxt[-1], *values], state_in + ps + extra, [a_next, *(grad_ys[i] for i, _ in dense)])
+                    check_graph(outs, state_in + list(all_params) + extra, NAME, watch)
+                grads = vjp(outs, state_in + ps + extra, seeds)
             gs = grads[: len(state_in)]
             if self.leapfrog:
                 # Phi_n(y_{n-1}, y_n) = (y_n, y_{n+1}): y_n also passes through unchanged.
@@ -263,8 +267,9 @@ class CheckpointStrategy:
                                     [th for _, th in dense])
             for i in endpoint:
                 outs[i] = state[-1]
-            for (i, _), v in zip(dense, values):
-                outs[i] = v
+            if values is not None:
+                for (i, _), v in zip(dense, values.unbind(0)):
+                    outs[i] = v
         ys = torch.stack(outs)  # type: ignore[arg-type]
         use_y0 = bool(needs[0]) and y0.requires_grad
         inputs = ([y0] if use_y0 else []) + list(ps) + ([t] if want_t else [])

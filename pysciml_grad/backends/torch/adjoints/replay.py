@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..stepping import dense_eval, leapfrog_step, rk_step
+from ..stepping import dense_eval, dense_eval_many, leapfrog_step, rk_step
 from ..tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -60,9 +60,10 @@ def step(
     t_next: Scalar,
     state: State,
     dense_thetas: Sequence[Scalar] = (),
-) -> Tuple[State, List[torch.Tensor], List[torch.Tensor]]:
-    """One step of the discrete map from ``state``; returns (next state, dense outputs
-    at ``dense_thetas``, stage derivatives ``ks``). ``tab is None``: leapfrog."""
+) -> Tuple[State, Optional[torch.Tensor], List[torch.Tensor]]:
+    """One step of the discrete map from ``state``; returns (next state, the dense outputs
+    at ``dense_thetas`` as one ``(len(dense_thetas), *y.shape)`` tensor or None without
+    any, stage derivatives ``ks``). ``tab is None``: leapfrog."""
     if tab is None:
         y_prev, y = state
         if y_prev is None:  # the Euler start, as in integrate_fixed
@@ -79,7 +80,7 @@ def step(
         y_next, ks, _ = rk_step(rhs, use_tab, t, y, h)
         nxt = (y_next,)
     if not dense_thetas:
-        return nxt, [], ks
+        return nxt, None, ks
     cache: List[torch.Tensor] = []
 
     def f_next() -> torch.Tensor:
@@ -87,7 +88,12 @@ def step(
             cache.append(ks[-1] if (tab is not None and tab.fsal) else rhs(t_next, y_next))
         return cache[0]
 
-    values = [interpolate(use_tab, theta, h, y, y_next, ks, f_next) for theta in dense_thetas]
+    # As the forward loop served them (integrate._serve), so the values agree bitwise: one
+    # save by dense_eval, several by one dense_eval_many; either way one (n, *y.shape) block.
+    if len(dense_thetas) == 1:
+        values = interpolate(use_tab, dense_thetas[0], h, y, y_next, ks, f_next).unsqueeze(0)
+    else:
+        values = dense_eval_many(use_tab, list(dense_thetas), h, y, y_next, ks, f_next)
     return nxt, values, ks
 
 
