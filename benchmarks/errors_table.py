@@ -1,15 +1,15 @@
-"""The README's "errors and edge cases" table, measured: one row per bad input, what it
+"""The "errors and edge cases" table of docs/errors.md, measured: one row per bad input, what it
 raises and how many milliseconds the call takes until it raises.
 
 Usage (from the repository root)::
 
-    python benchmarks/errors_table.py      # writes benchmarks/errors_table.md and the README section
+    python benchmarks/errors_table.py      # writes benchmarks/errors_table.md and the docs/errors.md section
 
 Each case runs the call 3 times (float64, y0 requiring grad, default sensealg unless
 the row says otherwise) and reports the median wall time until the exception. The rows
 marked "(accepted)" are inputs that used to be refused or to crash and now solve; they
-report "nothing (solves)" and the time of the whole solve. The README copy
-sits between the markers ``<!-- errors-table:start -->`` and ``<!-- errors-table:end -->``.
+report "nothing (solves)" and the time of the whole solve. The copy in
+docs/errors.md (the documentation site's errors page) sits between the markers ``<!-- errors-table:start -->`` and ``<!-- errors-table:end -->``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import pysciml_grad as psg  # noqa: E402
 
 OUT = HERE / "errors_table.md"
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "errors.md"
 START, END = "<!-- errors-table:start -->", "<!-- errors-table:end -->"
 
 F64 = torch.float64
@@ -135,17 +135,24 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def main() -> str:
+def write_block(doc: Path, block: str) -> None:
+    """Replace what lies between START and END in ``doc`` by ``block``; refuse a page without the markers
+    (a silent no-op would leave the published table stale)."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc} has no {START} ... {END} markers: put them where the table belongs")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(head + START + "\n" + block + END + tail)
+
+
+def main(doc: Path = DOC, out: Path = OUT) -> str:
     torch.set_num_threads(1)
     body = table()
     note = (f"Measured by `python benchmarks/errors_table.py` (torch {torch.__version__}, CPU, 1 thread; "
             "median of 3 calls, forward + backward where no error stops it earlier).\n\n")
-    OUT.write_text("# Errors and edge cases (generated; do not edit by hand)\n\n" + note + body)
-    text = README.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        README.write_text(head + START + "\n" + note + body + END + tail)
+    out.write_text("# Errors and edge cases (generated; do not edit by hand)\n\n" + note + body)
+    write_block(doc, note + body)
     return body
 
 
