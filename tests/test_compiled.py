@@ -104,11 +104,41 @@ def test_checkpoint_adjoint_gradient_matches_eager():
         grads.append((y0.grad.clone(), FUNC.A.grad.clone()))
     for g_c, g_e in zip(*grads):
         assert torch.allclose(g_c, g_e, rtol=0, atol=1e-12)
-    # The backward replayed its steps without dense saves on the compiled replay graph.
+    # The backward replayed each step without a dense save as one compiled call returning
+    # its vector-Jacobian product (no autograd graph per step), the first replayed step too.
     from pysciml_grad.backends.torch.compiled import _CACHE
 
-    replays = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay"]
-    assert replays and replays[0].calls > 0 and replays[0].broken is None
+    vjps = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay_vjp"]
+    assert vjps and vjps[0].calls > 0 and vjps[0].broken is None
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_checkpoint_adjoint_compiled_vjp_float32_and_closure_tensor():
+    # float32, and a closed-over non-leaf tensor W = 1.5 base found by discovery: the
+    # compiled step VJP differentiates w.r.t. W and autograd carries dL/dW on to base.
+    # Two save times, so every replayed step (the last one serving t_end included) goes
+    # through the compiled VJP; equal to the eager replay to float32 rounding.
+    base = A.float().clone().requires_grad_(True)
+    W = base * 1.5
+
+    def func(t, y):
+        return torch.tanh(y @ W.T) + 0.1 * torch.sin(t)
+
+    t = torch.tensor([0.0, 2.0])
+    out = []
+    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
+        base.grad = None
+        y0 = Y0.float().clone().requires_grad_(True)
+        ys, st = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.CheckpointAdjoint(), options=opt)
+        ys[-1].square().sum().backward(retain_graph=True)
+        out.append((ys.detach(), y0.grad.clone(), base.grad.clone(), st.n_steps))
+    assert out[0][3] == out[1][3]
+    for c, e in zip(out[0][:3], out[1][:3]):
+        assert torch.allclose(c, e, rtol=1e-6, atol=1e-6)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    vjps = [e for k, e in _CACHE[func].items() if k[0] == "replay_vjp"]
+    assert vjps[0].calls == out[0][3] and vjps[0].broken is None  # every accepted step
 
 
 def test_func_that_breaks_the_graph_falls_back_with_warning():

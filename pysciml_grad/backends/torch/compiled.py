@@ -355,13 +355,69 @@ def make_replay(tab: ButcherTableau, func: Callable) -> Callable:
     return replay
 
 
+def make_replay_vjp(tab: ButcherTableau, func: Callable) -> Callable:
+    """``replay_vjp(t, h, y, a, g, ps) -> (a_y, g_new)``: one accepted step's adjoint update
+
+        a_y = (dPhi/dy)^T a,    g_new_k = g_k + (dPhi/dp_k)^T a,
+
+    for ``y_next = Phi(t, h, y; ps)`` the step of ``tab`` (ACA / ANODE's backward, see
+    ``adjoints/checkpoint.py``), forward stages and their vector-Jacobian product traced
+    into one graph (``torch.autograd.grad`` inside the compiled region, dynamo's
+    ``trace_autograd_ops``). A replayed step is then one compiled call: no autograd graph
+    is built or walked per step on the host, and the accumulation into ``g`` is fused in.
+    Parameters func does not reach give no term (``allow_unused``)."""
+    c, a, b = tab.c, tab.a, tab.b
+
+    def replay_vjp(t, h, y, a_next, g, ps):
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            y_next = _rk_step(func, c, a, b, t, h, y_in, func(t.to(y.dtype), y_in))[0]
+            grads = torch.autograd.grad(y_next, [y_in, *ps], a_next, allow_unused=True)
+        a_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+        return a_y, [gk if dk is None else gk + dk for gk, dk in zip(g, grads[1:])]
+
+    return replay_vjp
+
+
 class CompiledReplay:
     """The compiled replay of one (table, func, shape, dtype, device); falls back to
     ``None`` (the caller's eager step) with a :class:`CompileFallbackWarning` when func
     cannot be captured."""
 
-    def __init__(self, entry: CompiledStep, dtype: torch.dtype, device: torch.device, n_stages: int):
+    def __init__(self, entry: CompiledStep, dtype: torch.dtype, device: torch.device, n_stages: int,
+                 vjp_entry: Optional[CompiledStep] = None):
         self.entry, self.device, self.n_stages = entry, device, n_stages
+        self.vjp_entry = vjp_entry
+
+    def times(self, values: Sequence[float]) -> Tuple[torch.Tensor, ...]:
+        """``values`` as 0-d float64 device tensors, made by one copy (not one per step)."""
+        return torch.tensor(list(values), dtype=torch.float64, device=self.device).unbind(0)
+
+    def vjp(self, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, a_next: torch.Tensor,
+            g: List[torch.Tensor], ps: List[torch.Tensor]) -> Optional[Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """:func:`make_replay_vjp`'s update on the compiled graph, or None when it cannot be
+        captured (the caller then replays with autograd; no warning: that path is compiled
+        too)."""
+        entry = self.vjp_entry
+        if entry is None or entry.broken is not None:
+            return None
+        # torch.autograd.grad is traced only with this dynamo switch (torch/_dynamo/config.py,
+        # off by default); it is read when a frame is traced, so it is set around our calls
+        # only, and the user's own compiled code is traced as before.
+        cfg = torch._dynamo.config
+        before = cfg.trace_autograd_ops
+        cfg.trace_autograd_ops = True
+        try:
+            out = entry.fn(t, h, y, a_next, g, ps)
+        except Exception as exc:
+            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            return None
+        finally:
+            cfg.trace_autograd_ops = before
+        entry.calls += 1
+        return out
 
     def __call__(self, t: float, h: float, y: torch.Tensor) -> Optional[torch.Tensor]:
         entry = self.entry
@@ -376,13 +432,18 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     """The cached compiled replay step (see :func:`make_replay`), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile)
     table, inner, prefix = _cache_slot(func)
-    key = prefix + ("replay", tab, inner, tuple(y.shape), y.dtype, y.device,
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    rest = (tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    key = prefix + ("replay",) + rest
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_replay(tab, func))
         entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
-    return CompiledReplay(entry, y.dtype, y.device, tab.stages)
+    vkey = prefix + ("replay_vjp",) + rest
+    vjp_entry = table.get(vkey)
+    if vjp_entry is None:
+        fn = _fresh_code(make_replay_vjp(tab, func))
+        vjp_entry = table[vkey] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry)
 
 
 def make_fixed_step(tab: ButcherTableau, func: Callable) -> Callable:

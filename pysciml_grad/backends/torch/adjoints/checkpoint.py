@@ -202,13 +202,33 @@ class CheckpointStrategy:
         g_t = torch.zeros_like(tv) if tv is not None else None
         counter = Counter()
         check_every = 1 if y0.device.type == "cpu" else 16
-        # options['compile']: steps with no dense save are replayed on one compiled graph
-        # (forward and its backward); the first replay stays eager for check_graph's watch.
+        # options['compile']: a step with no dense save is replayed as one compiled call
+        # returning its vector-Jacobian product (compiled.make_replay_vjp). That call
+        # captured func in one graph (fullgraph): func has no data-dependent Python branch,
+        # so it reads the same tensors at every t as at t0, where discovery found them;
+        # check_graph's eager replay is not needed. When the call cannot be captured, steps
+        # are replayed with autograd on the compiled step (the first one eagerly, for
+        # check_graph's watch).
         fast = None
         if (self.opts.compile and self.tab is not None and self.rng is None and tv is None
                 and not getattr(self.opts, "perturb", False)):
             fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0)
+            t_dev = fast.times(m.t for m in self.steps)
+            h_dev = fast.times(m.h for m in self.steps)
         for count, (n, state) in enumerate(reverse(N, self.store.states, self._advance(rhs), self.budget, counter)):
+            saves = self.steps[n].saves
+            if fast is not None and all(th == 1.0 for _, th in saves):
+                a_next = adj[0]
+                for i, _ in saves:
+                    a_next = a_next + grad_ys[i]
+                out = fast.vjp(t_dev[n], h_dev[n], state[0], a_next, g_ps, ps)
+                if out is not None:
+                    adj, g_ps = (out[0],), out[1]
+                    rhs.nfe += fast.n_stages
+                    if (count + 1) % check_every == 0 or n == 0:
+                        if not bool(torch.isfinite(adj[-1]).all()):
+                            raise nonfinite_adjoint(NAME, f"at t={self.steps[n].t:.6g} (replaying accepted step {n} of {N})")
+                    continue
             with torch.enable_grad():  # the step times carry a graph to t when dL/dt is wanted
                 t_n, h, t_next, endpoint, dense = self.times(n, tv)
                 a_next = adj[-1]
