@@ -32,6 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
+from loss_bar import LossBar  # noqa: E402
+
 from pysciml_grad.corrected import (  # noqa: E402
     TimeVaryingODE,
     correct_gradient,
@@ -162,15 +164,18 @@ def train(scheme, alpha, n_steps, use_correction, x0, target, start, iterations=
                            corrected=use_correction)
     optimiser = torch.optim.SGD(block.parameters(), lr=lr)
     discrete, continuous = [], []
-    for it in range(iterations + 1):
-        if it % every == 0:
-            continuous.append((it, continuous_time_loss(block, x0, target)))
-        optimiser.zero_grad()
-        loss = 0.5 * ((block(x0) - target) ** 2).sum(dim=-1).mean()
-        discrete.append(loss.item())
-        if it < iterations:
-            loss.backward()
-            optimiser.step()
+    label = f"sgd ({scheme}{'' if alpha is None else f' a={alpha:g}'}, {'corrected' if use_correction else 'raw'})"
+    with LossBar(iterations, label) as bar:
+        for it in range(iterations + 1):
+            if it % every == 0:
+                continuous.append((it, continuous_time_loss(block, x0, target)))
+            optimiser.zero_grad()
+            loss = 0.5 * ((block(x0) - target) ** 2).sum(dim=-1).mean()
+            discrete.append(loss.item())
+            if it < iterations:
+                loss.backward()
+                optimiser.step()
+                bar.step(discrete[-1])
     roughness = (block.theta[2:] - 2 * block.theta[1:-1] + block.theta[:-2]).abs().max().item()
     return discrete, continuous, roughness
 

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 import pysciml_grad as psg  # noqa: E402
 from pysciml_grad import demo  # noqa: E402
+from loss_bar import LossBar  # noqa: E402
 
 
 def main():
@@ -22,13 +23,15 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
     losses = []
-    for step in range(300):
-        w0, wt, wy = demo.windows(t, ys, g)
-        opt.zero_grad()
-        loss = demo.loss_of(model, w0, wt, wy)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    with LossBar(300, "adam (spiral)") as bar:
+        for step in range(300):
+            w0, wt, wy = demo.windows(t, ys, g)
+            opt.zero_grad()
+            loss = demo.loss_of(model, w0, wt, wy)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.step(losses[-1])
     with torch.no_grad():
         pred = psg.odeint(model, y0, t, rtol=1e-5, atol=1e-7)
     out = Path(__file__).parent / "output"

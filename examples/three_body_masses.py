@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import pysciml_grad as psg
+from loss_bar import LossBar
 
 F64 = torch.float64
 OUT = Path(__file__).parent / "output"
@@ -109,7 +110,8 @@ def main(argv=None):
 
         try:
             start = time.perf_counter()
-            res = psg.fit_lbfgs(model.parameters(), loss, max_iter=args.iters)
+            with LossBar(args.iters, f"lbfgs ({name})") as bar:
+                res = psg.fit_lbfgs(model.parameters(), loss, max_iter=args.iters, callback=bar.at)
             row["time_s"] = time.perf_counter() - start
             ys, stats = psg.odeint(model, y0, t_obs, sensealg=alg, options={"return_stats": True}, **kw)
             ((ys[:, :6] - obs) ** 2).mean().backward()

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import pysciml_grad as psg
+from loss_bar import LossBar
 
 TRUE = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
 U0 = [0.44249296, 4.6280594]
@@ -124,17 +125,28 @@ def train(model, t, data, args, log):
         return loss / data.numel()
 
     opt = torch.optim.Adam([*model.parameters(), starts], lr=args.lr)
-    for it in range(args.adam_iters):  # optional warm-up
-        opt.zero_grad()
-        loss = shoot_loss()
-        loss.backward()
-        opt.step()
-        history.append(("adam, multiple shooting", float(loss.detach())))
-        if (it + 1) % 100 == 0:
-            log(f"  adam {it + 1:4d}: multiple-shooting loss {float(loss.detach()):.3e}")
+    with LossBar(args.adam_iters, "adam (multiple shooting)") as bar:
+        for it in range(args.adam_iters):  # optional warm-up
+            opt.zero_grad()
+            loss = shoot_loss()
+            loss.backward()
+            opt.step()
+            history.append(("adam, multiple shooting", float(loss.detach())))
+            bar.step(history[-1][1])
+            if (it + 1) % 100 == 0:
+                log(f"  adam {it + 1:4d}: multiple-shooting loss {float(loss.detach()):.3e}")
+
+    def logged(stage, bar):  # fit_lbfgs's callback(iteration, loss): the bar, and a log line every 100
+        def callback(i, v):
+            bar.at(i, v)
+            if i % 100 == 0:
+                log(f"  lbfgs ({stage}) {i:4d}: loss {v:.3e}")
+        return callback
+
     if args.shoot_lbfgs_iters:
-        res = psg.fit_lbfgs([*model.parameters(), starts], shoot_loss, max_iter=args.shoot_lbfgs_iters,
-                            callback=lambda i, v: log(f"  lbfgs (shooting) {i:4d}: loss {v:.3e}") if i % 100 == 0 else None)
+        with LossBar(args.shoot_lbfgs_iters, "lbfgs (multiple shooting)") as bar:
+            res = psg.fit_lbfgs([*model.parameters(), starts], shoot_loss, max_iter=args.shoot_lbfgs_iters,
+                                callback=logged("shooting", bar))
         history += [("lbfgs, multiple shooting", v) for v in res["losses"]]
         log(f"  lbfgs (shooting): {res['iterations']} iterations, loss {res['final_loss']:.3e}")
     u0 = starts.detach()[0].clone().requires_grad_(True)
@@ -143,8 +155,9 @@ def train(model, t, data, args, log):
         return mse(psg.odeint(model, u0, t, **solve_kw), data)
 
     if args.lbfgs_iters:
-        res = psg.fit_lbfgs([*model.parameters(), u0], single_loss, max_iter=args.lbfgs_iters,
-                            callback=lambda i, v: log(f"  lbfgs (full horizon) {i:4d}: MSE {v:.3e}") if i % 100 == 0 else None)
+        with LossBar(args.lbfgs_iters, "lbfgs (full horizon)") as bar:
+            res = psg.fit_lbfgs([*model.parameters(), u0], single_loss, max_iter=args.lbfgs_iters,
+                                callback=logged("full horizon", bar))
         history += [("lbfgs, full horizon", v) for v in res["losses"]]
         log(f"  lbfgs (full horizon): {res['iterations']} iterations, MSE {res['final_loss']:.3e}")
     return u0.detach(), history, solve_kw

@@ -292,6 +292,8 @@ TORCH_ONLY_OPTIONS = {
     "interp": "SciML serves save times from its own dense output; use backend='torch' for linear interpolation",
     "perturb": "the one-ulp stage shift is a torch-engine option; use backend='torch'",
     "solver": "options['solver'] belongs to method='scipy_solver' of the torch engine; use backend='torch'",
+    "progress": "not translated yet (SciML's solve keyword progress=true, DiffEqDocs.jl "
+    "docs/src/features/progress_bar.md, would be the counterpart); use backend='torch' for a progress meter",
 }
 
 #: ``options["autojacvec"]``: how the adjoint computes vector-Jacobian products of f.

@@ -59,6 +59,8 @@ class SolverOptions:
                    f with a jump on a grid point sees the side belonging to the step.
     solver         method "scipy_solver": SciPy's solve_ivp method (RK45, RK23, DOP853,
                    Radau, BDF, LSODA; default LSODA, as torchdiffeq).
+    progress       show how far t has got, in the forward solve and in the backward pass
+                   (a tqdm bar when tqdm is installed, else text on stderr; ``progress.py``).
     """
 
     step_size: Optional[float] = None
@@ -81,6 +83,7 @@ class SolverOptions:
     interp: str = "hermite"
     perturb: bool = False
     solver: Optional[str] = None
+    progress: bool = False
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
@@ -195,6 +198,7 @@ _OPTION_CHECKS = {
     "grid_constructor": _function("(func, y0, t) -> 1-D tensor of step points"),
     "interp": _choice("hermite", "linear"),
     "perturb": validate.flag,
+    "progress": validate.flag,
     "solver": _choice("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"),
 }
 _MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters", "jump_t", "step_t",

@@ -16,7 +16,7 @@ from ...errors import MissingStepSizeError, NonFiniteStateError, UnknownMethodEr
 from ...problem import ODEProblem, SolveStats, check_rhs_output
 from .callbacks import warn_unsupported
 from .control import SolverOptions
-from . import compiled
+from . import compiled, progress
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .stepping import nudge
@@ -125,20 +125,9 @@ def forward_solve(
         rhs.nfe += 1
     check_rhs_output(f0, y0, as_float(t_save[0]))
     counters = Counters()
-    rk_tab = None if method.adams is not None else method.tableau  # Adams' tableau is only its start-up
-    ys = compiled.maybe_integrate(rhs, rk_tab, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
-                                  differentiate_control, counters, record) if opts.compile else None
-    if ys is not None:
-        pass
-    elif method.adaptive:
-        ys = integrate_adaptive(
-            rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
-            differentiate_control, counters, record,
-        )
-    elif method.adams is not None:
-        ys = integrate_adams(rhs, method.adams, t_save, y0, f0, opts, problem.rtol, problem.atol, counters, record)
-    else:
-        ys = integrate_fixed(rhs, method.tableau, t_save, y0, f0, opts, counters, record)
+    with progress.showing(opts.progress, "forward", as_float(t_save[0]), as_float(t_save[-1])):
+        ys = _integrate(rhs, method, opts, problem, t_save, y0, f0, differentiate_control, counters,
+                        _reporting(record) if opts.progress else record)
     out = torch.stack(ys)
     if not method.adaptive:
         check_finite_trajectory(out, [as_float(x) for x in t_save])
@@ -147,6 +136,32 @@ def forward_solve(
         stats.n_steps += counters.n_steps
         stats.n_rejected += counters.n_rejected
     return out
+
+
+def _reporting(record: Record) -> Record:
+    """``record`` that also tells the open progress meter where each accepted step ends."""
+    def report(step) -> None:
+        progress.reached(as_float(step.t) + as_float(step.h))
+        if record is not None:
+            record(step)
+
+    return report
+
+
+def _integrate(rhs, method, opts, problem, t_save, y0, f0, differentiate_control, counters, record):
+    rk_tab = None if method.adams is not None else method.tableau  # Adams' tableau is only its start-up
+    ys = compiled.maybe_integrate(rhs, rk_tab, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
+                                  differentiate_control, counters, record) if opts.compile else None
+    if ys is not None:
+        return ys
+    if method.adaptive:
+        return integrate_adaptive(
+            rhs, method.tableau, t_save, y0, f0, problem.rtol_y, problem.atol_y, opts,
+            differentiate_control, counters, record,
+        )
+    if method.adams is not None:
+        return integrate_adams(rhs, method.adams, t_save, y0, f0, opts, problem.rtol, problem.atol, counters, record)
+    return integrate_fixed(rhs, method.tableau, t_save, y0, f0, opts, counters, record)
 
 
 def check_finite_trajectory(ys: torch.Tensor, ts: Sequence[float]) -> None:

@@ -53,7 +53,7 @@ from ..discover import Watch, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
 from . import recompute
 from ..callbacks import NAMES as _CB
-from .. import compiled
+from .. import compiled, progress
 from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
@@ -264,6 +264,7 @@ class CheckpointStrategy:
                 g_ps[k] = g_ps[k] + g
             if tv is not None:
                 g_t = g_t + grads[-1]
+            progress.reached(self.steps[n].t)  # replayed back to the start of step n
             if (count + 1) % check_every == 0 or n == 0:
                 if not bool(torch.isfinite(adj[-1]).all()):
                     raise nonfinite_adjoint(NAME, f"at t={self.steps[n].t:.6g} (replaying accepted step {n} of {N})")

@@ -28,6 +28,7 @@ import torch
 
 from ....errors import NonFiniteGradientError, UnsupportedSensitivityError
 from ....problem import ODEProblem, functorch_transforms
+from .. import progress
 from ..discover import Discovery, discover
 from ..forward import forward_solve
 
@@ -57,12 +58,16 @@ class _AdjointFunction(torch.autograd.Function):
         # Replays run func again: BatchNorm-style buffers it updates in place must end as
         # the forward left them, and the user's random stream must not move.
         saved = [b.detach().clone() for b in found.mutated] if found is not None else []
+        # options["progress"]: one meter for the whole backward pass, from t[-1] back to t[0]
+        shown = bool(getattr(getattr(strategy, "opts", None), "progress", False))
+        span = (float(t[-1]), float(t[0])) if shown else (0.0, 0.0)
         try:
-            if found is not None and found.random:
-                with torch.random.fork_rng(devices=found.devices):
+            with progress.showing(shown, "backward", *span):
+                if found is not None and found.random:
+                    with torch.random.fork_rng(devices=found.devices):
+                        out = _backward_with_time(strategy, grad_ys, y0, t, tuple(params), needs, ys)
+                else:
                     out = _backward_with_time(strategy, grad_ys, y0, t, tuple(params), needs, ys)
-            else:
-                out = _backward_with_time(strategy, grad_ys, y0, t, tuple(params), needs, ys)
         finally:
             with torch.no_grad():
                 for b, v in zip(found.mutated if found is not None else (), saved):

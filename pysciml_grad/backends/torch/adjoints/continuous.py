@@ -37,6 +37,7 @@ from ....problem import ODEProblem, check_rhs_meta
 from ..control import SolverOptions
 from ..forward import Method, lookup_method
 from ..adams import integrate_adams
+from .. import progress
 from ..callbacks import StepCallbacks
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
@@ -163,6 +164,7 @@ class BackwardSolver:
 
         def rec(step: AcceptedStep) -> None:
             reached[0] = float(step.t)
+            progress.reached(float(step.t) + float(step.h))  # the backward pass's meter, if one is open
             if record is not None:
                 record(step)
 
