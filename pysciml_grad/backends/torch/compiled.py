@@ -206,6 +206,8 @@ def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentia
     """Why this solve cannot use the compiled step (None: it can)."""
     if tab is None:
         return "options['compile'] applies to the Runge-Kutta methods only (not leapfrog or the Adams methods)"
+    if not isinstance(tab, ButcherTableau):
+        return f"options['compile'] applies to the explicit Runge-Kutta methods only, not {tab.name!r}"
     if getattr(opts, "perturb", False) and not tab.adaptive:
         return "options['perturb'] moves stage times one ulp inside each step, which the compiled step does not"
     if differentiate_control:

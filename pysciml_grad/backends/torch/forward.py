@@ -20,11 +20,18 @@ from . import compiled, progress
 from .integrate import CountingRHS, Counters, Record, as_float, integrate_adaptive, integrate_fixed
 from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .stepping import nudge
+from .rosenbrock import RosenbrockTableau
+from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS, SCIML_NAMES as ROSENBROCK_SCIML_NAMES
 from .tableaus import TABLEAUS, ButcherTableau
 
 LEAPFROG = "leapfrog"
 FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG, *ADAMS_METHODS)
 ADAPTIVE_METHODS = ("heun_euler", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8")
+#: Adaptive stiff methods (linearly implicit, one LU per step): ``rosenbrock.py``.
+STIFF_METHODS = tuple(ROSENBROCK_TABLEAUS)
+ADAPTIVE_METHODS = ADAPTIVE_METHODS + STIFF_METHODS
+#: SciML (OrdinaryDiffEq.jl) spellings accepted as aliases on the torch engine.
+SCIML_ALIASES = dict(ROSENBROCK_SCIML_NAMES)
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
 
 
@@ -34,7 +41,7 @@ class Method:
     multistep method (``adams``; its ``tableau`` is the RK4 start-up table)."""
 
     name: str
-    tableau: Optional[ButcherTableau]
+    tableau: Optional[Union[ButcherTableau, RosenbrockTableau]]
     adams: Optional[AdamsSpec] = None
 
     @property
@@ -47,13 +54,18 @@ class Method:
 
 
 def lookup_method(name: str) -> Method:
+    name = SCIML_ALIASES.get(name, name)
     if name not in METHODS:
         raise UnknownMethodError(
             f"unknown method {name!r} for the torch engine; fixed-step methods: {list(FIXED_METHODS)}, "
-            f"adaptive methods: {list(ADAPTIVE_METHODS)}, or 'scipy_solver' (SciPy's solve_ivp, forward only) (SciML names such as 'Tsit5' or 'Rodas5P' need backend='julia')"
+            f"adaptive methods: {list(ADAPTIVE_METHODS)} (stiff: {list(STIFF_METHODS)}, also spelled "
+            f"{sorted(SCIML_ALIASES)}), or 'scipy_solver' (SciPy's solve_ivp, forward only); other SciML names "
+            "such as 'Tsit5' or 'FBDF' need backend='julia'"
         )
     if name in ADAMS_METHODS:
         return Method(name, TABLEAUS["rk38"], ADAMS_METHODS[name])
+    if name in ROSENBROCK_TABLEAUS:
+        return Method(name, ROSENBROCK_TABLEAUS[name])
     return Method(name, None if name == LEAPFROG else TABLEAUS[name])
 
 

@@ -106,7 +106,11 @@ def rk_step(
     the step size, which is then a constant for the gradient).
     ``perturb_start`` / ``perturb_end``: stages with c = 0 / c = 1 are evaluated one ulp
     inside the step (torchdiffeq's ``perturb``; f may jump at t or at t + h).
+    An implicit method (``implicit.ImplicitRK``, which stands where a table stands) does
+    its own step: Newton on the stage equations, see ``implicit/method.py``.
     """
+    if not isinstance(tab, ButcherTableau):
+        return tab.step(rhs, t, y, h, k0)
     if k0 is None:
         k0 = rhs(nudge(t, t + h, y) if perturb_start else t, y)
     ks = [k0]
@@ -163,6 +167,9 @@ def dense_eval(
     ``f_next()`` yields f(t_{n+1}, y_{n+1}); it is called only when Hermite needs it, so
     the forward loop and every adjoint replay share one definition of the dense output.
     """
+    interpolate = getattr(tab, "interpolate", None)
+    if interpolate is not None:  # a table with its own continuous extension (Rosenbrock: rosenbrock.py)
+        return interpolate(theta, h, y, y_next, ks, f_next)
     if tab is not None and tab.dense is not None:
         weights = [sum(row[p] * theta ** (p + 1) for p in range(len(row))) for row in tab.dense]
         return _weighted(y, h, weights, ks)
