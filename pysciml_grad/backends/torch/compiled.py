@@ -300,7 +300,7 @@ def integrate_compiled(
             raise MaxStepsExceededError(
                 f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
-                "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
+                "or, for a stiff problem, use a stiff method: method='rodas5p' (or 'rodas4')."
             )
         out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev)
         if out is None:

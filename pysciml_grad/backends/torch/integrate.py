@@ -94,7 +94,7 @@ def _check_finite(y: torch.Tensor, t_reached: float, what: str) -> None:
         raise NonFiniteStateError(
             f"{what} became NaN/inf at t={t_reached:.6g}. The solution blows up or func "
             "produces NaN there: check func and its parameters, shorten the interval, or "
-            "use a stiff solver (backend='julia', method='Rodas5P')."
+            "use a stiff method (method='rodas5p')."
         )
 
 
@@ -251,7 +251,7 @@ def integrate_adaptive(
             raise MaxStepsExceededError(
                 f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
-                "or, for a stiff problem, use backend='julia' with method='Rodas5P'."
+                "or, for a stiff problem, use a stiff method: method='rodas5p' (or 'rodas4')."
             )
         h_f = as_float(h)
         if not math.isfinite(h_f):
@@ -377,8 +377,8 @@ def _underflow(opts: SolverOptions, t_f: float, h_f: float, y: torch.Tensor, cou
     return StepSizeUnderflowError(
         f"step size {abs(h_f):.3g} underflowed (min_step={opts.min_step:g}) at t={t_f:.6g}, "
         f"|y|max={as_float(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
-        "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff solver "
-        "(backend='julia', method='Rodas5P')."
+        "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff method "
+        "(method='rodas5p' or 'rodas4')."
     )
 
 

@@ -197,6 +197,9 @@ def dense_eval_many(
     Float thetas and h build W on the host in float64; tensor thetas or h (dL/dt, or a
     differentiated controller) keep W in the graph.
     """
+    interpolate = getattr(tab, "interpolate", None)
+    if interpolate is not None:  # a table with its own continuous extension (Rosenbrock: rosenbrock.py)
+        return torch.stack([interpolate(theta, h, y, y_next, ks, f_next) for theta in thetas])
     dev, dt = y.device, y.dtype
     if all(isinstance(x, float) for x in thetas):
         th = torch.tensor(thetas, dtype=torch.float64)
