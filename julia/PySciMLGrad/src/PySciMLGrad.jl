@@ -41,7 +41,7 @@ using OrdinaryDiffEqLowOrderRK:
     OwrenZen5,
     RK4,
     Ralston
-using OrdinaryDiffEqRosenbrock: Rodas4, Rodas4P, Rodas5, Rodas5P, Rosenbrock23
+using OrdinaryDiffEqRosenbrock: ROS3P, Rodas4, Rodas4P, Rodas5, Rodas5P, Rosenbrock23
 using OrdinaryDiffEqSDIRK: ImplicitEuler, KenCarp4, Kvaerno5, TRBDF2, Trapezoid
 using OrdinaryDiffEqTsit5: Tsit5
 using OrdinaryDiffEqVerner: Vern6, Vern7, Vern8, Vern9

@@ -26,6 +26,7 @@ const CONSTRUCTORS = Set{Symbol}([
     :Rodas4P,
     :Rodas5,
     :Rodas5P,
+    :ROS3P,
     :ImplicitEuler,
     :Trapezoid,
     :TRBDF2,

@@ -157,6 +157,10 @@ OUR_METHODS: Dict[str, MethodSpec] = {
     "bosh3": MethodSpec("BS3", package=_LOW),
     "dopri5": MethodSpec("DP5", package=_LOW),
     "tsit5": MethodSpec("Tsit5", package="OrdinaryDiffEqTsit5"),
+    # The torch engine's Rosenbrock tables are read from these very OrdinaryDiffEq methods.
+    "rodas4": MethodSpec("Rodas4", stiff=True, package=_ROS),
+    "rodas5p": MethodSpec("Rodas5P", stiff=True, package=_ROS),
+    "ros3p": MethodSpec("ROS3P", stiff=True, package=_ROS),
 }
 
 #: SciML names, as the user writes them in Julia. Adaptive unless noted (Euler has no
@@ -183,6 +187,7 @@ SCIML_METHODS: Dict[str, MethodSpec] = {
     "Rodas4P": MethodSpec("Rodas4P", stiff=True, package=_ROS),
     "Rodas5": MethodSpec("Rodas5", stiff=True, package=_ROS),
     "Rodas5P": MethodSpec("Rodas5P", stiff=True, package=_ROS),
+    "ROS3P": MethodSpec("ROS3P", stiff=True, package=_ROS),
     "ImplicitEuler": MethodSpec("ImplicitEuler", stiff=True, package=_SDIRK),
     "Trapezoid": MethodSpec("Trapezoid", stiff=True, package=_SDIRK),
     "TRBDF2": MethodSpec("TRBDF2", stiff=True, package=_SDIRK),
