@@ -399,9 +399,14 @@ class OdeintAdjointMethod(torch.autograd.Function):
                     t_d = t_.detach().requires_grad_(True)
                     y_d = y_.detach().requires_grad_(True)
                     func_eval = func(t_d if t_requires_grad else t_.detach(), y_d)
-                    vjp_t, vjp_y, *vjp_params = torch.autograd.grad(
-                        func_eval, (t_d, y_d) + adjoint_params, -adj_y, allow_unused=True, retain_graph=True
-                    )
+                    if func_eval.requires_grad:
+                        vjp_t, vjp_y, *vjp_params = torch.autograd.grad(
+                            func_eval, (t_d, y_d) + adjoint_params, -adj_y, allow_unused=True, retain_graph=True
+                        )
+                    else:
+                        # f depends on none of (t, y, params) that carry grad, e.g. f = g(t) with
+                        # t_grad off: every vjp is zero (autograd.grad would refuse the output).
+                        vjp_t, vjp_y, vjp_params = None, None, [None] * len(adjoint_params)
                 vjp_t = torch.zeros_like(t_d) if vjp_t is None else vjp_t.to(y_.dtype)
                 vjp_y = torch.zeros_like(y_d) if vjp_y is None else vjp_y
                 vjp_params = [torch.zeros_like(p) if g is None else g for p, g in zip(adjoint_params, vjp_params)]

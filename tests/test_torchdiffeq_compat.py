@@ -114,6 +114,25 @@ def test_adjoint_gradients_match_torchdiffeq_adjoint():
         torch.testing.assert_close(g_ours, g_real, rtol=1e-6, atol=1e-8)
 
 
+class TimeOnly(torch.nn.Module):
+    """f = -0.1 exp(-0.1 t): no dependence on y and no parameters (torchdiffeq master's ExpODE)."""
+
+    def forward(self, t, y):
+        return -0.1 * torch.exp(-0.1 * t) * torch.ones_like(y)
+
+
+def test_adjoint_of_a_time_only_rhs_gives_the_identity_y0_gradient():
+    # y(t_i) = y0 + integral of g, so dL/dy0 = sum_i dL/dy(t_i) exactly. Without t_grad the
+    # augmented dynamics' func_eval has no grad_fn; autograd.grad used to raise on it.
+    t = torch.linspace(1.0, 8.0, 10, dtype=D)
+    y0 = torch.tensor([math.exp(-0.1)], dtype=D, requires_grad=True)
+    ys = ours.odeint_adjoint(TimeOnly(), y0, t, rtol=1e-9, atol=1e-12)
+    grad_ys = torch.rand_like(ys)
+    ys.backward(grad_ys)
+    assert torch.allclose(y0.grad, grad_ys.sum(0), rtol=0, atol=1e-12)
+    assert torch.allclose(ys.detach()[:, 0], torch.exp(-0.1 * t), rtol=1e-7, atol=0)
+
+
 def test_env_var_upgrades_odeint_to_checkpoint_with_the_same_gradient(monkeypatch):
     f = Linear()
     y0 = torch.tensor([1.0, 0.5], dtype=D, requires_grad=True)

@@ -189,8 +189,14 @@ def vjp(
     """Vector-Jacobian products sum_k g_k^T d out_k / d in_j, zeros where unused."""
     if not inputs:
         return []
+    # An output with no grad_fn (f = g(t) with no t-gradient wanted, or a constant f)
+    # contributes nothing; autograd.grad would refuse it rather than return zeros.
+    connected = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    if not connected:
+        return [torch.zeros_like(x) for x in inputs]
     grads = torch.autograd.grad(
-        list(outputs), list(inputs), list(grad_outputs), allow_unused=True, create_graph=create_graph
+        [o for o, _ in connected], list(inputs), [g for _, g in connected], allow_unused=True,
+        create_graph=create_graph,
     )
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
