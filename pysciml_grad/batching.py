@@ -95,6 +95,10 @@ class RescaledFunc:
         self.span = span
         self.scale = span.view(-1, *([1] * (ndim - 1)))
 
+    @property
+    def __wrapped__(self) -> Callable:  # functools' convention: the user's func, for per-func caches
+        return self.func
+
     def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tau = self.t0 + s * self.span
         return self.func(tau, y) * self.scale

@@ -91,6 +91,10 @@ class StructuredFunc(torch.nn.Module):
     state restructured.
     """
 
+    @property
+    def __wrapped__(self) -> Callable:  # functools' convention: the user's func, for per-func caches
+        return self.base_func
+
     def __init__(self, base_func: Callable, structure: Structure):
         super().__init__()
         self.base_func = base_func

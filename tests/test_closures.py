@@ -170,6 +170,43 @@ def test_tensor_read_only_later_raises_naming_its_shape(sa):
         ys.sum().backward()
 
 
+@pytest.fixture
+def fresh_audits(monkeypatch):
+    """Forget which funcs were audited: the audit is per code object, shared across params."""
+    import weakref
+
+    from pysciml_grad.backends.torch import discover
+
+    monkeypatch.setattr(discover, "_audits", weakref.WeakKeyDictionary())
+
+
+@pytest.mark.parametrize("sa", list(ADJOINTS))
+def test_tensor_read_only_in_a_middle_window_raises_in_the_first_backward(sa, fresh_audits):
+    # Read neither at t0 nor in the last step: only a check of every replayed graph sees it.
+    W_mid = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([0.5, -0.3], dtype=torch.float64, requires_grad=True)
+
+    def func(t, y):
+        return y @ W_mid if 0.3 < float(t) < 0.6 else -y
+
+    ys = psg.odeint(func, y0, T, sensealg=ADJOINTS[sa])
+    with pytest.raises(PySciMLGradError, match=r"shape \(2, 2\).*params="):
+        ys.sum().backward()
+
+
+def test_middle_window_tensor_passed_in_params_gets_its_gradient():
+    W_mid = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([0.5, -0.3], dtype=torch.float64)
+    func = lambda t, y: y @ W_mid if 0.3 < float(t) < 0.6 else -y
+    grads = {}
+    for name, sa in SENSEALGS.items():
+        ys = psg.odeint(func, y0, T, sensealg=sa, params=[W_mid], method="rk4", options={"step_size": 0.05})
+        grads[name] = torch.autograd.grad(ys.sum(), W_mid)[0]
+    for name in ("CheckpointAdjoint",):
+        assert torch.allclose(grads[name], grads["DirectAD"], rtol=1e-10, atol=1e-12)
+    assert grads["DirectAD"].abs().max() > 0.1
+
+
 def test_no_extra_rhs_evaluation():
     """Discovery reuses the first evaluation: the forward NFE is what it was."""
     net = mlp()
@@ -201,3 +238,20 @@ def test_float32_tensor_in_params_is_named_not_func():
     with pytest.raises(psg.errors.DTypeMismatchError, match=r"params\[1\] \(shape \(3,\)\)") as err:
         psg.odeint(lambda t, y: net(y), y0, T, params=[net[0].weight, extra])
     assert "func.to" not in str(err.value)
+
+
+def test_every_graph_is_audited_in_the_first_two_backward_passes_only(fresh_audits):
+    from pysciml_grad.backends.torch.discover import FULL_AUDITS, audit_everything
+
+    func = lambda t, y: -y
+    assert [audit_everything(func) for _ in range(FULL_AUDITS + 2)] == [True] * FULL_AUDITS + [False, False]
+
+
+def test_a_new_lambda_per_iteration_is_audited_only_twice(fresh_audits):
+    # The training-loop habit `odeint(lambda t, y: net(y), ...)` makes a new func object per
+    # call; the audit is keyed on its code, so only the first two backward passes pay for it.
+    from pysciml_grad.backends.torch.discover import audit_everything
+
+    net = mlp()
+    seen = [audit_everything(lambda t, y: net(y)) for _ in range(4)]
+    assert seen == [True, True, False, False]

@@ -49,7 +49,7 @@ from ....errors import InvalidProblemError
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
-from ..discover import Watch, check_graph, rng_state, set_rng_state
+from ..discover import Watch, audit_everything, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
 from . import recompute
 from ..callbacks import NAMES as _CB
@@ -202,6 +202,7 @@ class CheckpointStrategy:
         g_t = torch.zeros_like(tv) if tv is not None else None
         counter = Counter()
         check_every = 1 if y0.device.type == "cpu" else 16
+        audit_all = audit_everything(self.problem.func)
         # options['compile']: a step with no dense save is replayed as one compiled call
         # returning its vector-Jacobian product (compiled.make_replay_vjp). That call
         # captured func in one graph (fullgraph): func has no data-dependent Python branch,
@@ -217,7 +218,7 @@ class CheckpointStrategy:
             h_dev = fast.times(m.h for m in self.steps)
         for count, (n, state) in enumerate(reverse(N, self.store.states, self._advance(rhs), self.budget, counter)):
             saves = self.steps[n].saves
-            if fast is not None and all(th == 1.0 for _, th in saves):
+            if fast is not None and all(th == 1.0 for _, th in saves) and not any(self.steps[n].perturb):
                 a_next = adj[0]
                 for i, _ in saves:
                     a_next = a_next + grad_ys[i]
@@ -235,8 +236,9 @@ class CheckpointStrategy:
                 for i in endpoint:
                     a_next = a_next + grad_ys[i]
                 inp = tuple(None if x is None else x.detach().requires_grad_(True) for x in state)
-                watch = Watch([]) if count == 0 else contextlib.nullcontext()
-                y_fast = fast(t_n, h, inp[0]) if (fast is not None and count > 0 and not dense) else None
+                watch = Watch([]) if (count == 0 or audit_all) else contextlib.nullcontext()
+                use_fast = fast is not None and count > 0 and not dense and not audit_all and not any(self.steps[n].perturb)
+                y_fast = fast(t_n, h, inp[0]) if use_fast else None
                 if y_fast is not None:
                     nxt, values = (y_fast,), None
                     rhs.nfe += fast.n_stages
@@ -250,8 +252,8 @@ class CheckpointStrategy:
                 if values is not None:  # the step's dense saves: one block, one gathered seed
                     outs.append(values)
                     seeds.append(grad_ys[[i for i, _ in dense]])
-                if count == 0:
-                    # Once per backward: a tensor func reads only at later times is not an input.
+                if count == 0 or audit_all:
+                    # A tensor func reads only at other times than t0 is not an input.
                     check_graph(outs, state_in + list(all_params) + extra, NAME, watch)
                 grads = vjp(outs, state_in + ps + extra, seeds)
             gs = grads[: len(state_in)]

@@ -42,7 +42,7 @@ from ..callbacks import StepCallbacks
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
 from ..tableaus import ButcherTableau
-from ..discover import Watch, check_graph
+from ..discover import Watch, audit_everything, check_graph
 from .common import nonfinite_adjoint, time_tensor, vjp
 from .replay import interpolate, step as replay_step
 from .schedule import OnlineThinning, sqrt_capacity
@@ -100,6 +100,8 @@ class AdjointRHS:
         # All of the Function's tensor inputs: the first evaluation's graph is checked
         # for a tensor requiring grad outside them (``discover.check_graph``).
         self.known = known
+        self.audit_all = known is not None and audit_everything(func)
+        self.checked_once = False
         self.name = name
         self.shape = y0.shape
         self.n = y0.numel()
@@ -118,11 +120,11 @@ class AdjointRHS:
             y, a = self.trajectory(float(t)).reshape(-1), s[:n]
         with torch.enable_grad():
             yr = y.detach().view(self.shape).requires_grad_(True)
-            if self.known is not None:
+            if self.known is not None and (self.audit_all or not self.checked_once):
                 with Watch([yr, tt]) as watch:
                     fy = self.func(tt, yr)
                 check_graph([fy], [yr, tt, *self.known], self.name, watch)
-                self.known = None
+                self.checked_once = True
             else:
                 fy = self.func(tt, yr)
             check_rhs_meta(fy, yr, tt)  # the backward evaluations are checked like the forward ones
