@@ -71,6 +71,10 @@ class AcceptedStep:
     saves: List[Tuple[int, Scalar]] = field(default_factory=list)
     y_prev: Optional[torch.Tensor] = None
     ks: Optional[Sequence[torch.Tensor]] = None
+    # (start, end): whether the stages at the step's start / end were evaluated one ulp
+    # inside it (options perturb, or a jump_t at the end / just before the start), so a
+    # replay evaluates f at the same times.
+    perturb: Tuple[bool, bool] = (False, False)
 
 
 @dataclass
@@ -244,6 +248,7 @@ def integrate_adaptive(
     nonfinite_from: Optional[float] = None  # |h| of the first trial in a run of non-finite ones
     stops = _stop_points(opts, ts[0], ts[-1], direction)
     next_stop = 0
+    after_jump = False  # the next accepted step starts from f just after a jump_t
     floor = opts.min_step if opts.accept_min_step else 0.0
     while i < len(ts):
         trials += 1
@@ -318,7 +323,8 @@ def integrate_adaptive(
             f_next = LazyRHS(rhs, t_next, y_next, ks[-1] if tab.fsal else None)
 
             _serve(saves, ys, tab, h, y, y_next, ks, f_next)
-            step = AcceptedStep(t, h, y, saves, ks=ks)
+            step = AcceptedStep(t, h, y, saves, ks=ks, perturb=(after_jump, on_jump))
+            after_jump = False
             if record is not None:
                 record(step)
             counters.n_steps += 1
@@ -330,6 +336,7 @@ def integrate_adaptive(
                 # Past a discontinuity of f: restart from its value just after the jump.
                 next_stop += 1
                 k0 = rhs(nudge(t_next, t_next_f + h_f, y_next), y_next)
+                after_jump = True
         else:
             counters.n_rejected += 1
         if differentiate_control:
@@ -483,7 +490,7 @@ def integrate_fixed(
         else:
             _serve(saves, ys, None, h, y, y_next, ks, f_next)
         if record is not None:
-            record(AcceptedStep(t, h, y, saves, y_prev, ks=ks))
+            record(AcceptedStep(t, h, y, saves, y_prev, ks=ks, perturb=(opts.perturb, opts.perturb)))
         counters.n_steps += 1
         if check_finite_every_step:
             _check_finite(y_next, grid_f[j + 1], "the state")

@@ -99,7 +99,7 @@ class CheckpointStrategy:
 
         def record(s: AcceptedStep) -> None:
             n = len(self.steps)
-            self.steps.append(StepMeta(float(s.t), float(s.h), [(i, float(th)) for i, th in s.saves]))
+            self.steps.append(StepMeta(float(s.t), float(s.h), [(i, float(th)) for i, th in s.saves], s.perturb))
             y = s.y.detach()
             state = (None if s.y_prev is None else s.y_prev.detach(), y) if self.leapfrog else (y,)
             self.store.offer(n, state)
@@ -189,7 +189,8 @@ class CheckpointStrategy:
         def advance(n: int, state):
             t_n, h, t_next, _, _ = self.times(n, None)
             with torch.no_grad():
-                return step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, state)[0]
+                return step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, state,
+                            perturb=self.steps[n].perturb)[0]
 
         return advance
 
@@ -245,7 +246,7 @@ class CheckpointStrategy:
                 else:
                     with watch:
                         nxt, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next,
-                                              inp, [th for _, th in dense])
+                                              inp, [th for _, th in dense], self.steps[n].perturb)
                 state_in = [x for x in inp if x is not None]
                 extra = [tv] if tv is not None else []
                 outs, seeds = [nxt[-1]], [a_next]
@@ -287,7 +288,7 @@ class CheckpointStrategy:
         for n in range(len(self.steps)):
             t_n, h, t_next, endpoint, dense = self.times(n, tv)
             state, values, _ = step(self._replay_rhs(n, rhs), self.tab, self.short_tab, t_n, h, t_next, state,
-                                    [th for _, th in dense])
+                                    [th for _, th in dense], self.steps[n].perturb)
             for i in endpoint:
                 outs[i] = state[-1]
             if values is not None:

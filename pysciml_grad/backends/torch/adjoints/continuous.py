@@ -245,6 +245,7 @@ class Trajectory:
         self.checkpointing = checkpointing
         self.times: List[float] = []
         self.hs: List[float] = []
+        self.perturbs: List[Tuple[bool, bool]] = []
         self.keys: List[float] = []
         self.steps: List[_Step] = []  # every step (checkpointing=False)
         self.store = OnlineThinning(sqrt_capacity) if checkpointing else None
@@ -259,6 +260,7 @@ class Trajectory:
         n = len(self.times)
         self.times.append(float(s.t))
         self.hs.append(float(s.h))
+        self.perturbs.append(s.perturb)
         self.keys.append(self.direction * float(s.t))
         if self.checkpointing:
             state = (None if s.y_prev is None else s.y_prev.detach(), s.y.detach()) if self.tab is None else (s.y.detach(),)
@@ -330,7 +332,8 @@ class Trajectory:
                 if self.tab is None:
                     new_state, _, ks = replay_step(self.rhs, None, None, t_n, h, t_next, state)
                 else:
-                    y_next, ks, _ = rk_step(self.rhs, self.full_tab, t_n, state[0], h)
+                    y_next, ks, _ = rk_step(self.rhs, self.full_tab, t_n, state[0], h,
+                                            perturb_start=self.perturbs[n][0], perturb_end=self.perturbs[n][1])
                     new_state = (y_next,)
                 steps.append(_Step(t_n, h, state[-1], ks))
                 state = new_state

@@ -28,11 +28,13 @@ RHS = Callable[[Scalar, torch.Tensor], torch.Tensor]
 
 @dataclass
 class StepMeta:
-    """The scalars of one accepted step: start time, step size, served saves (index, theta)."""
+    """The scalars of one accepted step: start time, step size, served saves (index, theta),
+    and whether its start / end stages were evaluated one ulp inside it (``perturb``)."""
 
     t: float
     h: float
     saves: List[Tuple[int, float]]
+    perturb: Tuple[bool, bool] = (False, False)
 
 
 def without_fsal_stage(tab: ButcherTableau) -> ButcherTableau:
@@ -60,10 +62,12 @@ def step(
     t_next: Scalar,
     state: State,
     dense_thetas: Sequence[Scalar] = (),
+    perturb: Tuple[bool, bool] = (False, False),
 ) -> Tuple[State, Optional[torch.Tensor], List[torch.Tensor]]:
     """One step of the discrete map from ``state``; returns (next state, the dense outputs
     at ``dense_thetas`` as one ``(len(dense_thetas), *y.shape)`` tensor or None without
-    any, stage derivatives ``ks``). ``tab is None``: leapfrog."""
+    any, stage derivatives ``ks``). ``tab is None``: leapfrog.
+    ``perturb``: the forward step's (start, end) one-ulp stage shifts, replayed as they were."""
     if tab is None:
         y_prev, y = state
         if y_prev is None:  # the Euler start, as in integrate_fixed
@@ -77,7 +81,7 @@ def step(
     else:
         (y,) = state
         use_tab = tab if dense_thetas else short_tab
-        y_next, ks, _ = rk_step(rhs, use_tab, t, y, h)
+        y_next, ks, _ = rk_step(rhs, use_tab, t, y, h, perturb_start=perturb[0], perturb_end=perturb[1])
         nxt = (y_next,)
     if not dense_thetas:
         return nxt, None, ks
