@@ -105,3 +105,16 @@ def test_progress_must_be_a_bool(bad):
     net, y0 = problem()
     with pytest.raises(InvalidProblemError, match=r"options\['progress'\] must be True or False"):
         psg.odeint(lambda t, y: net(y), y0, T, options={"progress": bad})
+
+
+def test_compiled_replay_reports_too(text_meter, capsys):
+    # options['compile']: CheckpointAdjoint replays steps as compiled VJP calls (dynamo capture
+    # only here, to keep it fast); the meter must follow those steps as well
+    opts = {"compile": {"backend": "eager"}}
+    ys_off, g_off = gradients(psg.CheckpointAdjoint(), False, options=opts)
+    capsys.readouterr()
+    ys_on, g_on = gradients(psg.CheckpointAdjoint(), True, options=opts)
+    lines = meter_lines(capsys.readouterr().err)
+    bwd = [t for phase, _, t in lines if phase == "backward"]
+    assert ("forward", 100.0, 3.0) in lines and ("backward", 100.0, 0.0) in lines and len(bwd) >= 3
+    assert torch.equal(ys_on, ys_off) and all(torch.equal(a, b) for a, b in zip(g_on, g_off))

@@ -227,6 +227,7 @@ class CheckpointStrategy:
                 if out is not None:
                     adj, g_ps = (out[0],), out[1]
                     rhs.nfe += fast.n_stages
+                    progress.reached(self.steps[n].t)  # replayed back to the start of step n
                     if (count + 1) % check_every == 0 or n == 0:
                         if not bool(torch.isfinite(adj[-1]).all()):
                             raise nonfinite_adjoint(NAME, f"at t={self.steps[n].t:.6g} (replaying accepted step {n} of {N})")
