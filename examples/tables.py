@@ -142,8 +142,37 @@ def aca_markdown(r) -> str:
     return "\n".join(lines)
 
 
+def latent_markdown(r) -> str:
+    d, a = r["data"], r["args"]
+    load = r.get("load_average")
+    lines = [
+        f"Command: `{r['command']}`; run time {r['run_time_s']:.0f} s wall, {r['cpu_time_s']:.0f} s CPU"
+        + (f" (1-minute load average {load[0]:.1f} on 2 cores at the end)" if load else "") + f"; torch threads {r['torch_threads']}.",
+        f"{d['series']} spirals, {d['obs_per_series_min']}-{d['obs_per_series_max']} observations per series on [0, 5] "
+        f"({d['obs_total']} in all, {d['union_times']} distinct times), noise sd {d['noise_sd']:g}; {a['iters']} Adam "
+        f"iterations (lr {a['lr']:g}), dopri5 at rtol {a['rtol']:g}, atol {a['rtol'] * 1e-2:g}, float32; the same "
+        "initialisation for every sensealg.",
+        "",
+        "| sensealg | final training loss | extrapolation MSE on (5, 10] | interpolation MSE on [0, 5] | train wall time (s) | "
+        "train CPU time (s) | NFE fwd/bwd per iteration |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        if "skipped" in row:
+            lines.append(f"| `{row['sensealg']}` | not run: {row['skipped'][:120]} | | | | | |")
+            continue
+        lines.append(f"| `{row['sensealg']}` | {row['final_loss']:.4f} | {row['extrapolation_mse']:.4f} | "
+                     f"{row['interpolation_mse']:.4f} | {row['train_time_s']:.1f} | {row['train_cpu_s']:.1f} | "
+                     f"{row['nfe']:.1f}/{row['nfe_backward']:.1f} |")
+    bs = next((row for row in r["rows"] if "reconstruction_error_max" in row), None)
+    if bs:
+        lines += ["", f"BacksolveAdjoint's reconstruction error (x tolerance): median over iterations "
+                      f"{bs['reconstruction_error_median']:.3g}, largest {bs['reconstruction_error_max']:.3g}."]
+    return "\n".join(lines)
+
+
 BLOCKS = {"ude_lotka_volterra": ude_markdown, "audit_ude": audit_markdown, "three_body_masses": three_body_markdown,
-          "aca_digits": aca_markdown}
+          "aca_digits": aca_markdown, "latent_ode_irregular": latent_markdown, "audit_latent_ode": audit_markdown}
 
 
 def main() -> None:
