@@ -165,17 +165,26 @@ def rosenbrock_step(
     """
     if k0 is None:
         k0 = rhs(t, y)
-    J, ft = jacobian_and_time_derivative(rhs, t, y)
-    n = J.shape[0]
     gh = tab.gamma * h
-    eye = torch.eye(n, dtype=J.dtype, device=J.device)
-    M = eye - gh * J
-    LU, piv = torch.linalg.lu_factor(M.detach())
+    system = getattr(rhs, "linear_system", None)
+    if system is not None:
+        # A right-hand side that knows the structure of its Jacobian (the continuous adjoints'
+        # augmented systems, adjoints/continuous.py) solves with it; f_t is then left out.
+        solve_flat = system(t, y, gh)
+        ft = torch.zeros_like(y)
 
-    def solve(r: torch.Tensor) -> torch.Tensor:
-        return _FactoredSolve.apply(M, LU, piv, (gh * r.reshape(-1)).unsqueeze(-1)).view(y.shape)
+        def solve(r: torch.Tensor) -> torch.Tensor:
+            return solve_flat((gh * r).reshape(-1)).view(y.shape)
+    else:
+        J, ft = jacobian_and_time_derivative(rhs, t, y)
+        eye = torch.eye(J.shape[0], dtype=J.dtype, device=J.device)
+        M = eye - gh * J
+        LU, piv = torch.linalg.lu_factor(M.detach())
+        ft = ft.view(y.shape)
 
-    ft = ft.view(y.shape)
+        def solve(r: torch.Tensor) -> torch.Tensor:
+            return _FactoredSolve.apply(M, LU, piv, (gh * r.reshape(-1)).unsqueeze(-1)).view(y.shape)
+
     ks: List[torch.Tensor] = []
     for i in range(tab.stages):
         if i == 0:

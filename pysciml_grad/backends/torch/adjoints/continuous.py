@@ -134,6 +134,51 @@ class AdjointRHS:
         return torch.cat([p.reshape(-1) for p in parts])
 
 
+    def linear_system(self, t, s: torch.Tensor, gamma_h) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x -> (I - gamma h W)^{-1} x on the flat state, for a Rosenbrock backward solve
+        (``rosenbrock.py`` asks its right-hand side for this before building a dense J).
+
+        With y(t) from the forward trajectory (Interpolating/QuadratureAdjoint) W is the exact
+        Jacobian of [a, g] -> [-J_f^T a, -f_theta^T a]: I - gamma h W = [[I + gamma h J_f^T, 0],
+        [gamma h f_theta^T, I]] is block lower triangular, so a solve is one n x n LU solve
+        for a and one vector-Jacobian product f_theta^T x_a for g, never a (n + P)^2 matrix.
+        Backsolve ([y, a, g]) keeps J_f for y and -J_f^T for a but leaves out the coupling
+        d(-J_f^T a)/dy (second derivatives of f): the table used as a W-method there.
+        """
+        from ..rosenbrock import jacobian_and_time_derivative
+
+        n = self.n
+        y = s[:n] if self.trajectory is None else self.trajectory(float(t)).reshape(-1)
+        self.nfe += 1
+        with torch.no_grad():
+            Jf, _ = jacobian_and_time_derivative(self.func, t, y.detach().view(self.shape))
+        eye = torch.eye(n, dtype=Jf.dtype, device=Jf.device)
+        lu_a = torch.linalg.lu_factor(eye + gamma_h * Jf.mT)
+        lu_y = torch.linalg.lu_factor(eye - gamma_h * Jf) if self.trajectory is None else None
+        coupled = self.trajectory is not None and bool(self.params)
+        if coupled:
+            tt = time_tensor(t, s) if not isinstance(t, torch.Tensor) else t.to(s.dtype)
+            with torch.enable_grad():
+                fy = self.func(tt, y.detach().view(self.shape))
+
+        def solve(x: torch.Tensor) -> torch.Tensor:
+            out = x.clone()
+            off = 0
+            if lu_y is not None:
+                out[:n] = torch.linalg.lu_solve(*lu_y, x[:n, None])[:, 0]
+                off = n
+            x_a = torch.linalg.lu_solve(*lu_a, x[off:off + n, None])[:, 0]
+            out[off:off + n] = x_a
+            if coupled:
+                with torch.enable_grad():
+                    g = torch.autograd.grad(fy, self.params, x_a.view(self.shape), retain_graph=True,
+                                            materialize_grads=True)
+                out[off + n:] = x[off + n:] - gamma_h * torch.cat([v.reshape(-1) for v in g])
+            return out
+
+        return solve
+
+
 class BackwardSolver:
     """Integrates an adjoint system from one save time to the previous one."""
 
