@@ -40,7 +40,8 @@ def odeint(
         ``(B, T)`` tensor of per-sample save times (row b for sample b = y0[b], NaN-padded
         at the end; result ``(T, B, *y0.shape[1:])``, NaN where padded; see ``batching``).
     method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
-        ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive).
+        ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive), or
+        ``rodas5p, rodas4, ros3p`` (adaptive Rosenbrock, for stiff problems; also ``Rodas5P`` ...).
     sensealg : how gradients are computed; default ``psg.CheckpointAdjoint()`` (torch) /
         ``psg.GaussAdjoint()`` (julia). Also ``DirectAD``, ``BacksolveAdjoint``,
         ``InterpolatingAdjoint``, ``QuadratureAdjoint``.

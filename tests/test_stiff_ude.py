@@ -59,3 +59,5 @@ def test_stiff_ude_example_tiny(tmp_path):
     saved = json.loads((tmp_path / "stiff_ude.json").read_text())
     assert len(saved["history"]) == 3 and saved["history"][0]["nfe_backward"] > 0
     assert saved["loss_first"] == r["history"][0]["loss"] and len(saved["rate_true"]) == 3
+    block = stiff_ude.docs_block(r)  # what --write-docs puts into docs/stiff.md
+    assert f"{r['loss_last']:.3e}" in block and f"{r['rate_max_rel_error']:.2e}" in block
