@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pysciml_grad as psg
+from loss_bar import LossBar
 
 OUT = Path(__file__).parent / "output"
 TOL = 1e-2  # ACA's rtol = atol for training (torch_ACA cifar_classification/train.py)
@@ -214,6 +215,7 @@ def train_one(kind, seed, data, args):
     with warnings.catch_warnings():
         # the backsolve drift is recorded below, per batch, instead of warned about each time
         warnings.simplefilter("ignore", psg.errors.GradientAccuracyWarning)
+        bar = LossBar(args.epochs * math.ceil(len(Xtr) / args.batch), f"{kind} seed {seed}")
         for epoch in range(args.epochs):
             perm = torch.randperm(len(Xtr), generator=gen).to(Xtr.device)
             for i in range(0, len(Xtr), args.batch):
@@ -223,6 +225,7 @@ def train_one(kind, seed, data, args):
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
+                bar.step(losses[-1])
                 s = net.block.stats
                 if s is not None:
                     nfe.append(s.nfe)
@@ -231,6 +234,7 @@ def train_one(kind, seed, data, args):
                         recon.append(s.extra["backsolve_reconstruction_error"])
             if args.verbose:
                 print(f"  {kind:8s} seed {seed} epoch {epoch + 1}: loss {sum(losses[-5:]) / 5:.3f}", flush=True)
+        bar.close()
     sync()
     row = {"kind": kind, "seed": seed, "train_time_s": time.perf_counter() - start,
            "train_cpu_s": time.process_time() - cpu, "final_loss": losses[-1],

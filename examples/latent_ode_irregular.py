@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 import pysciml_grad as psg
+from loss_bar import LossBar
 
 OUT = Path(__file__).parent / "output"
 T_OBS, T_EXT = 5.0, 10.0
@@ -197,6 +198,7 @@ def run(args):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", psg.errors.GradientAccuracyWarning)  # recorded below instead
+                bar = LossBar(args.iters, f"adam ({name})")
                 for _ in range(args.iters):
                     opt.zero_grad()
                     z0 = model.encoder(t, obs)
@@ -205,10 +207,12 @@ def run(args):
                     loss.backward()
                     opt.step()
                     losses.append(float(loss.detach()))
+                    bar.step(losses[-1])
                     nfe.append(stats.nfe)
                     nfe_b.append(stats.nfe_backward)
                     if "backsolve_reconstruction_error" in stats.extra:
                         recon.append(stats.extra["backsolve_reconstruction_error"])
+                bar.close()
             row.update(train_time_s=time.perf_counter() - start, train_cpu_s=time.process_time() - cpu)
             with torch.no_grad():
                 z0 = model.encoder(t, obs)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import pysciml_grad as psg
+from loss_bar import LossBar
 
 F64 = torch.float64
 K = (0.04, 3e7, 1e4)
@@ -115,6 +116,7 @@ def main(argv=None):
     history = []
     start = time.perf_counter()
     print(f"{'iter':>5} {'loss':>11} {'steps':>6} {'NFE fwd':>8} {'NFE bwd':>8} {'s/iter':>7}")
+    bar = LossBar(args.iters, "adam (stiff UDE)")
     for it in range(args.iters + 1):
         t0 = time.perf_counter()
         opt.zero_grad()
@@ -125,8 +127,11 @@ def main(argv=None):
         row = dict(iter=it, loss=float(loss.detach()), steps=st.n_steps, nfe=st.nfe, nfe_backward=st.nfe_backward,
                    seconds=time.perf_counter() - t0)
         history.append(row)
+        if it < args.iters:
+            bar.step(row["loss"])
         if it % max(1, args.iters // 10) == 0 or it == args.iters:
             print(f"{it:5d} {row['loss']:11.3e} {st.n_steps:6d} {st.nfe:8d} {st.nfe_backward:8d} {row['seconds']:7.2f}")
+    bar.close()
     total = time.perf_counter() - start
 
     with torch.no_grad():
