@@ -113,7 +113,10 @@ class _ImplicitEventTime(torch.autograd.Function):
             tt = t_star.detach().to(y_star.dtype).requires_grad_(True)
             yy = y_star.detach().requires_grad_(True)
             g = ctx.G.tensor(tt, yy)
-            grads = torch.autograd.grad(g, [tt, yy, *wanted], allow_unused=True)
+            # retain_graph: event_fn may read a tensor carrying the caller's graph (a target
+            # computed from t); freeing g's graph would free that shared part too, and the
+            # caller's next backward through the event (retain_graph=True on theirs) fails.
+            grads = torch.autograd.grad(g, [tt, yy, *wanted], allow_unused=True, retain_graph=True)
         with torch.no_grad():
             f = ctx.func(t_star.detach().to(y_star.dtype), y_star.detach())
         g_t = grads[0] if grads[0] is not None else torch.zeros((), dtype=yy.dtype, device=yy.device)
@@ -161,7 +164,8 @@ def odeint_event(
     t0 : the initial time, a 0-d (or 1-element) tensor or a number; may require grad.
     event_fn : ``event_fn(t, y) -> tensor``, one value or several; the solve stops where the
         first of them changes sign. Its gradient reaches its own parameters when it is an
-        ``nn.Module`` or when they are in ``params``.
+        ``nn.Module``, when they are in ``params``, and when it closes over them (found by
+        one evaluation at t0, as for ``func``).
     reverse_time : integrate towards decreasing t.
 
     Returns
@@ -171,6 +175,7 @@ def odeint_event(
     With ``options={"return_stats": True}``: ``(event_t, ys, stats)``, the search's work in
     ``stats.extra["event_search_nfe"]`` / ``["event_search_steps"]``.
     """
+    from .backends.torch.discover import discover
     from .backends.torch.events import find_event
     from .backends.torch.stepping import hermite
     from .solve import default_sensealg, odeint
@@ -227,6 +232,9 @@ def odeint_event(
         ys_full = torch.stack([ys_full[0], y_dense])
 
     event_params = list(event_fn.parameters()) if isinstance(event_fn, torch.nn.Module) else []
+    # Tensors event_fn closes over (a level c = 2 * s with s requiring grad) would get no
+    # gradient unless they are inputs of the implicit-time Function: found as func's are.
+    event_params += list(discover(event_fn, float(t0), problem.y0).tensors)
     seen, all_params = set(), []
     for p in [*problem.params, *event_params]:
         if id(p) not in seen:

@@ -215,3 +215,23 @@ def test_structured_state_ball_drop():
     dt_dh, dt_dg = torch.autograd.grad(t_ev, [h, g])
     assert abs(float(dt_dh) - 1 / math.sqrt(2 * h0 * g0)) < 1e-8
     assert abs(float(dt_dg) + 0.5 * math.sqrt(2 * h0) * g0**-1.5) < 1e-8
+
+
+@pytest.mark.parametrize("sensealg", SENSEALGS, ids=IDS)
+def test_event_fn_reading_a_graph_tensor_survives_a_second_backward(sensealg):
+    # torchdiffeq 0.2.5's event test_adjoint: the level c = 2 s (s requiring grad, so c carries
+    # a graph), then t*.backward(retain_graph=True) and y*.sum().backward(). The event
+    # backward freed c's graph, and the second pass failed on freed saved tensors.
+    # y' = -k y, y(0) = 3: t* = ln(3 / c) / k, dt*/ds = -1 / (k s).
+    k0, s0 = 0.7, 0.25
+    k = torch.tensor(k0, dtype=D, requires_grad=True)
+    s = torch.tensor(s0, dtype=D, requires_grad=True)
+    c = 2 * s
+    y0 = torch.tensor([3.0], dtype=D)
+    t_ev, ys = psg.odeint_event(lambda t, y: -k * y, y0, torch.tensor(0.0, dtype=D),
+                                event_fn=lambda t, y: y[0] - c, sensealg=sensealg, params=[k],
+                                rtol=1e-10, atol=1e-12)
+    t_ev.backward(retain_graph=True)
+    assert abs(float(s.grad) + 1 / (k0 * s0)) < 1e-6
+    ys[-1].sum().backward()  # y* = c: ds picks up 2 more
+    assert abs(float(s.grad) + 1 / (k0 * s0) - 2.0) < 1e-6

@@ -105,3 +105,33 @@ def test_directad_gradient_finite_for_zero_initial_state():
     e = torch.exp(a.detach())
     assert torch.isfinite(y0.grad).all()
     assert torch.allclose(a.grad, 2 * (a.detach() * e - e + 1) / a.detach() ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("rk4", {"step_size": 0.1}), ("dopri5", {}), ("explicit_adams", {"step_size": 0.1}),
+    ("implicit_adams", {"step_size": 0.1}), ("leapfrog", {"step_size": 0.1}),
+])
+@pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.DirectAD(through_controller=True)],
+                         ids=["DirectAD", "through_controller"])
+def test_scalar_float32_state_stays_float32_when_t_needs_grad(method, options, sensealg):
+    # With dL/dt wanted, step sizes are float64 0-d tensors; 0-d with 0-d promotes to the
+    # wider dtype, so a 0-d float32 state came back float64 (and odeint_event's y* then sat
+    # off the event surface: torchdiffeq's float32 sine explicit_adams event test).
+    y0 = torch.tensor(1.0, dtype=torch.float32, requires_grad=True)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64, requires_grad=True)
+    ys = psg.odeint(lambda t, y: -y * t, y0, t, method=method, options=options, sensealg=sensealg)
+    assert ys.dtype == torch.float32
+    ys.sum().backward()
+    assert y0.grad.dtype == torch.float32 and t.grad.dtype == torch.float64
+    exact = torch.exp(-t.detach() ** 2 / 2)
+    assert torch.allclose(ys.detach().double(), exact, atol=1e-2)  # leapfrog with h = 0.1: 4e-3
+
+
+def test_event_state_of_a_scalar_float32_state_is_on_the_event_surface():
+    y0 = torch.tensor(3.0, dtype=torch.float32)
+    t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    for method in ("rk4", "explicit_adams"):
+        t_ev, ys = psg.odeint_event(lambda t, y: -0.7 * y, y0, t0, event_fn=lambda t, y: y - 0.5,
+                                    method=method, options={"step_size": 0.01})
+        assert ys.dtype == torch.float32
+        assert abs(float(ys[-1]) - 0.5) < 1e-5

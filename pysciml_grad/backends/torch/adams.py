@@ -48,7 +48,7 @@ import torch
 from ...errors import InvalidProblemError, MaxStepsExceededError, SolverAccuracyWarning
 from . import callbacks
 from .integrate import AcceptedStep, CountingRHS, Counters, LazyRHS, Record, Scalar, Until, _saves_in_step, as_float, fixed_grid
-from .stepping import hermite, nudge, rk_step
+from .stepping import hermite, in_dtype_of, nudge, rk_step
 from .tableaus import TABLEAUS
 
 #: The highest order offered (torchdiffeq's ``_MAX_ORDER``); below 4 the method is RK4 only.
@@ -115,7 +115,7 @@ def _dot(h: Scalar, coeffs: Sequence[Fraction], fs: Sequence[torch.Tensor]) -> t
     acc = fs[0] * float(coeffs[0])
     for c, f in zip(coeffs[1:], fs[1:]):
         acc = acc + float(c) * f
-    return acc * h
+    return acc * in_dtype_of(h, acc)
 
 
 def integrate_adams(
@@ -175,7 +175,7 @@ def integrate_adams(
                 for _ in range(max_iters):
                     dy_old = dy
                     t_corr = nudge(t_next, t, y) if perturb else t_next  # one ulp before t_{n+1}
-                    dy = (h * float(mu[0])) * rhs(t_corr, y + dy) + delta
+                    dy = (in_dtype_of(h, y) * float(mu[0])) * rhs(t_corr, y + dy) + delta
                     with torch.no_grad():
                         tol = atol + rtol * torch.maximum(dy_old.abs(), dy.abs())
                         converged = bool(((dy_old - dy).abs() / tol).max() < 1)

@@ -28,7 +28,7 @@ from ...problem import check_rhs_meta
 from . import callbacks as _callbacks
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step, times_of
-from .stepping import dense_eval, dense_eval_many, error_ratio, leapfrog_step, nudge, rk_step
+from .stepping import dense_eval, dense_eval_many, error_ratio, in_dtype_of, leapfrog_step, nudge, rk_step
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -474,7 +474,7 @@ def integrate_fixed(
             cb.step(t, y, h)
         if tab is None:
             if y_prev is None:  # Euler start
-                y_next, ks = y + h * k0, [k0]
+                y_next, ks = y + in_dtype_of(h, y) * k0, [k0]
             else:
                 y_next, fj = leapfrog_step(rhs, t, y_prev, y, h)
                 ks = [fj]

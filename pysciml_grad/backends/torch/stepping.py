@@ -19,6 +19,15 @@ Scalar = Union[float, torch.Tensor]
 RHS = Callable[[Scalar, torch.Tensor], torch.Tensor]
 
 
+def in_dtype_of(x: Scalar, like: torch.Tensor) -> Scalar:
+    """A tensor time quantity (h, theta: float64 when dL/dt is wanted) in the state's dtype.
+
+    Only a 0-d state needs it: type promotion between 0-d tensors takes the wider dtype, so
+    a float32 scalar state would silently become float64 (a dimensioned state keeps its
+    own). The cast keeps the graph to t."""
+    return x.to(like.dtype) if isinstance(x, torch.Tensor) and x.dtype != like.dtype else x
+
+
 def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return ``y + h * sum_j coeffs[j] * ks[j]`` (zero coefficients skipped).
 
@@ -33,7 +42,7 @@ def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[to
         acc = k0 * c0
         for c, k in terms[1:]:
             acc = acc.add_(k, alpha=c)
-        return torch.addcmul(y, acc, h)
+        return torch.addcmul(y, acc, in_dtype_of(h, y))
     c0, k0 = terms[0]
     out = torch.add(y, k0, alpha=h * c0)
     for c, k in terms[1:]:
@@ -49,7 +58,7 @@ def weighted_sum(h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor])
         acc = k0 * c0
         for c, k in terms[1:]:
             acc = acc.add_(k, alpha=c)
-        return acc * h
+        return acc * in_dtype_of(h, k0)
     acc = k0 * (h * c0)
     for c, k in terms[1:]:
         acc.add_(k, alpha=h * c)
@@ -244,15 +253,17 @@ def _dense_table(dense: Sequence[Sequence[float]], dtype: torch.dtype, device: t
 def _weighted(y: torch.Tensor, h: Scalar, weights: Sequence[Scalar], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     if any(isinstance(w, torch.Tensor) for w in weights) or isinstance(h, torch.Tensor):
         acc = y
+        h = in_dtype_of(h, y)
         for w, k in zip(weights, ks):
             if not (isinstance(w, float) and w == 0.0):
-                acc = acc + (h * w) * k
+                acc = acc + (h * in_dtype_of(w, y)) * k
         return acc
     return lincomb(y, h, [float(w) for w in weights], ks)
 
 
 def hermite(theta: Scalar, h: Scalar, y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
     """Cubic Hermite interpolant on [t_n, t_n + h] at t_n + theta h."""
+    theta, h = in_dtype_of(theta, y0), in_dtype_of(h, y0)
     h00 = (1 + 2 * theta) * (1 - theta) ** 2
     h10 = theta * (1 - theta) ** 2
     h01 = theta**2 * (3 - 2 * theta)

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..stepping import dense_eval, dense_eval_many, leapfrog_step, rk_step
+from ..stepping import dense_eval, dense_eval_many, in_dtype_of, leapfrog_step, rk_step
 from ..tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
@@ -72,7 +72,7 @@ def step(
         y_prev, y = state
         if y_prev is None:  # the Euler start, as in integrate_fixed
             k0 = rhs(t, y)
-            y_next, ks = y + h * k0, [k0]
+            y_next, ks = y + in_dtype_of(h, y) * k0, [k0]
         else:
             y_next, fj = leapfrog_step(rhs, t, y_prev, y, h)
             ks = [fj]
