@@ -61,6 +61,11 @@ class SolverOptions:
                    Radau, BDF, LSODA; default LSODA, as torchdiffeq).
     progress       show how far t has got, in the forward solve and in the backward pass
                    (a tqdm bar when tqdm is installed, else text on stderr; ``progress.py``).
+    jac            implicit methods: ``jac(t, y) -> df/dy`` (``implicit/jacobian.py``:
+                   (N, N), ``y.shape * 2`` or per-sample (B, n, n) blocks).
+    jacobian       implicit methods: how df/dy is computed, ``psg.DenseJacobian()``
+                   (default), ``psg.BlockDiagonalJacobian()`` (independent samples along
+                   y's first dimension) or ``psg.UserJacobian(jac)``.
     """
 
     step_size: Optional[float] = None
@@ -84,6 +89,8 @@ class SolverOptions:
     perturb: bool = False
     solver: Optional[str] = None
     progress: bool = False
+    jac: Optional[Callable[..., Any]] = None
+    jacobian: Any = None
 
     @classmethod
     def from_user(cls, options: Optional[Mapping[str, Any]]) -> "SolverOptions":
@@ -107,6 +114,10 @@ class SolverOptions:
             raise InvalidProblemError(
                 "options['step_size'] and options['grid_constructor'] both define the grid; give one of them"
             )
+        if opts.jac is not None and opts.jacobian is not None:
+            from .implicit import strategy_from_options
+
+            strategy_from_options(opts.jac, opts.jacobian)  # raises: only one of them
         if not opts.dfactor < 1.0 < opts.ifactor:
             # dfactor = 1 would never shrink a rejected step (an endless loop), ifactor = 1
             # never grow an accepted one.
@@ -200,9 +211,17 @@ _OPTION_CHECKS = {
     "perturb": validate.flag,
     "progress": validate.flag,
     "solver": _choice("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"),
+    "jac": lambda name, v: _implicit_check("check_jac")(name, v),
+    "jacobian": lambda name, v: _implicit_check("check_strategy")(name, v),
 }
 _MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters", "jump_t", "step_t",
-                "grid_constructor", "solver")
+                "grid_constructor", "solver", "jac", "jacobian")
+
+
+def _implicit_check(name: str) -> Callable:
+    from .implicit import jacobian
+
+    return getattr(jacobian, name)
 
 
 def _clip(x: Scalar, lo: float, hi: float) -> Scalar:

@@ -49,6 +49,12 @@ class Method:
         return self.tableau is not None and self.tableau.adaptive
 
     @property
+    def uses_jacobian(self) -> bool:
+        """True for the implicit / Rosenbrock methods, whose table declares
+        ``uses_jacobian = True``: they read options 'jac' / 'jacobian'."""
+        return bool(getattr(self.tableau, "uses_jacobian", False))
+
+    @property
     def order(self) -> int:
         return 2 if self.tableau is None else self.tableau.order
 
@@ -82,6 +88,11 @@ def parse(problem: ODEProblem):
         raise MissingStepSizeError(
             f"options['step_size'] is for fixed-step methods, but {method.name!r} is adaptive; "
             f"drop step_size (control accuracy with rtol/atol) or pick one of {list(FIXED_METHODS)}"
+        )
+    if not method.uses_jacobian and (opts.jac is not None or opts.jacobian is not None):
+        raise UnknownOptionError(
+            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the implicit methods; "
+            f"{method.name!r} is explicit and never uses a Jacobian: drop them, or pick an implicit method"
         )
     if method.adams is None and (opts.max_order is not None or opts.max_iters is not None):
         raise UnknownOptionError(
