@@ -290,6 +290,13 @@ TORCH_ONLY_OPTIONS = {
     "compiles its own solver (Julia is JIT-compiled), so drop the option or use backend='torch'",
     # Added for torchdiffeq parity in the torch engine; SciML has counterparts for some
     # (tstops, d_discontinuities) that this translation layer does not map yet.
+    # SciML's counterpart is ODEFunction(f; jac=...) (a Julia function), and its Newton solvers
+    # pick their own Jacobian (autodiff / finite differences); no Python jac is sent to Julia.
+    **{
+        name: "it sets how the torch engine's implicit methods get df/dy; the Julia engine's stiff "
+        "solvers compute their own Jacobian, so drop the option or use backend='torch'"
+        for name in ("jac", "jacobian")
+    },
     "jump_t": "not translated yet (SciML's d_discontinuities would be the counterpart); use backend='torch'",
     "step_t": "not translated yet (SciML's tstops would be the counterpart); use backend='torch'",
     "accept_min_step": "SciML has no 'accept any step at dtmin' mode; use backend='torch'",
