@@ -20,7 +20,8 @@ Hierarchy::
     │   ├── NonFiniteStateError              NaN/inf appeared in the state or in func(t, y)
     │   ├── NonFiniteGradientError           NaN/inf appeared in an adjoint state
     │   ├── StepSizeUnderflowError           adaptive step shrank below min_step
-    │   └── MaxStepsExceededError            more than max_num_steps steps
+    │   ├── MaxStepsExceededError            more than max_num_steps steps
+    │   └── NewtonConvergenceError           an implicit method's stage equations did not converge
     └── BackendUnavailableError(ImportError) the Julia engine cannot be started
 
     GradientAccuracyWarning(UserWarning)     a measured gradient-accuracy problem
@@ -96,6 +97,11 @@ class MaxStepsExceededError(SolverError):
     """The solve needed more than ``max_num_steps`` steps."""
 
 
+class NewtonConvergenceError(SolverError):
+    """Newton's method for an implicit method's stage equations diverged or did not converge
+    within ``max_iters`` iterations, even with a Jacobian evaluated at that step."""
+
+
 class BackendUnavailableError(PySciMLGradError, ImportError):
     """The requested backend cannot be used on this machine."""
 
@@ -136,6 +142,7 @@ __all__ = [
     "NonFiniteGradientError",
     "StepSizeUnderflowError",
     "MaxStepsExceededError",
+    "NewtonConvergenceError",
     "BackendUnavailableError",
     "GradientAccuracyWarning",
     "SolverAccuracyWarning",

@@ -59,9 +59,15 @@ METHODS: Dict[str, str] = {
     # Not in 0.2.5: torchdiffeq master (657943a, torchdiffeq/_impl/odeint.py SOLVERS,
     # 'tsit5': Tsit5Solver in tsit5.py) adds Tsitouras 5(4), which our core has as tsit5.
     "tsit5": "tsit5",
+    # torchdiffeq master (657943a, odeint.py SOLVERS; fixed_grid_implicit.py): the nine
+    # fixed-grid implicit Runge-Kutta methods, our core's methods of the same names.
+    **{name: name for name in ("implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "gl4",
+                               "radauIIA5", "gl6", "sdirk2", "trbdf2")},
 }
+IMPLICIT = ("implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "gl4", "radauIIA5", "gl6", "sdirk2",
+            "trbdf2")
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
-FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", *IMPLICIT)
 
 # Keyword arguments of each solver family and their torchdiffeq defaults
 # (rk_common.py RKAdaptiveStepsizeODESolver.__init__, solvers.py FixedGridODESolver.__init__,
@@ -71,12 +77,17 @@ FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implic
 ADAPTIVE_DEFAULTS = dict(min_step=0, max_step=math.inf, first_step=None, step_t=None, jump_t=None,
                          safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=2**31 - 1, dtype=torch.float64)
 FIXED_DEFAULTS = dict(step_size=None, grid_constructor=None, interp="linear", perturb=False)
+# rk_common.py FixedGridFIRKODESolver.__init__ (master): max_iters=100 on top of the fixed-grid keys.
+IMPLICIT_DEFAULTS = dict(FIXED_DEFAULTS, max_iters=100)
 SCIPY_DEFAULTS = dict(min_step=0, max_step=math.inf, solver="LSODA")
 _SOLVER_CLASS = {  # the class names torchdiffeq's warnings print
     "dopri8": "Dopri8Solver", "dopri5": "Dopri5Solver", "bosh3": "Bosh3Solver", "fehlberg2": "Fehlberg2",
     "adaptive_heun": "AdaptiveHeunSolver", "euler": "Euler", "midpoint": "Midpoint", "heun2": "Heun2",
     "heun3": "Heun3", "rk4": "RK4", "explicit_adams": "AdamsBashforth", "implicit_adams": "AdamsBashforthMoulton",
     "fixed_adams": "AdamsBashforthMoulton", "scipy_solver": "ScipyWrapperODESolver", "tsit5": "Tsit5Solver",
+    "implicit_euler": "ImplicitEuler", "implicit_midpoint": "ImplicitMidpoint", "trapezoid": "Trapezoid",
+    "radauIIA3": "RadauIIA3", "gl4": "GaussLegendre4", "radauIIA5": "RadauIIA5", "gl6": "GaussLegendre6",
+    "sdirk2": "SDIRK2", "trbdf2": "TRBDF2",
 }
 
 SENSEALG_ENV = "PYSCIML_GRAD_SENSEALG"
@@ -182,6 +193,8 @@ def _core_options(method: str, options: Optional[dict], norm: Optional[Callable]
             options.pop(key, None)
     elif method in ADAPTIVE:
         defaults = ADAPTIVE_DEFAULTS
+    elif method in IMPLICIT:
+        defaults = IMPLICIT_DEFAULTS
     else:
         defaults = FIXED_DEFAULTS
     unused = {k: v for k, v in options.items() if k not in defaults}
@@ -225,6 +238,8 @@ def _core_options(method: str, options: Optional[dict], norm: Optional[Callable]
     core["interp"] = "linear" if o["interp"] == "linear" else "hermite"
     if o["perturb"]:
         core["perturb"] = True
+    if method in IMPLICIT:
+        core["max_iters"] = int(o["max_iters"])
     return core
 
 

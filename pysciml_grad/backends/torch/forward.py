@@ -7,7 +7,7 @@ kept (see ``adjoints/``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -22,10 +22,14 @@ from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .stepping import nudge
 from .rosenbrock import RosenbrockTableau
 from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS, SCIML_NAMES as ROSENBROCK_SCIML_NAMES
-from .tableaus import TABLEAUS, ButcherTableau
+from .tableaus import IMPLICIT_TABLEAUS, TABLEAUS, ButcherTableau
+from .implicit.method import ImplicitRK
+from .implicit.jacobian import strategy_from_options
 
 LEAPFROG = "leapfrog"
-FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG, *ADAMS_METHODS)
+IMPLICIT_METHODS = tuple(IMPLICIT_TABLEAUS)
+FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG, *ADAMS_METHODS,
+                 *IMPLICIT_METHODS)
 ADAPTIVE_METHODS = ("heun_euler", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8")
 #: Adaptive stiff methods (linearly implicit, one LU per step): ``rosenbrock.py``.
 STIFF_METHODS = tuple(ROSENBROCK_TABLEAUS)
@@ -41,7 +45,7 @@ class Method:
     multistep method (``adams``; its ``tableau`` is the RK4 start-up table)."""
 
     name: str
-    tableau: Optional[Union[ButcherTableau, RosenbrockTableau]]
+    tableau: Optional[Union[ButcherTableau, RosenbrockTableau, ImplicitRK]]
     adams: Optional[AdamsSpec] = None
 
     @property
@@ -72,6 +76,8 @@ def lookup_method(name: str) -> Method:
         return Method(name, TABLEAUS["rk38"], ADAMS_METHODS[name])
     if name in ROSENBROCK_TABLEAUS:
         return Method(name, ROSENBROCK_TABLEAUS[name])
+    if name in IMPLICIT_TABLEAUS:
+        return Method(name, ImplicitRK(IMPLICIT_TABLEAUS[name]))
     return Method(name, None if name == LEAPFROG else TABLEAUS[name])
 
 
@@ -91,15 +97,25 @@ def parse(problem: ODEProblem):
         )
     if not method.uses_jacobian and (opts.jac is not None or opts.jacobian is not None):
         raise UnknownOptionError(
-            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the implicit methods; "
-            f"{method.name!r} is explicit and never uses a Jacobian: drop them, or pick an implicit method"
+            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the fixed-step implicit "
+            f"methods {list(IMPLICIT_METHODS)}; {method.name!r} does not read them: drop them, or pick one of those"
         )
-    if method.adams is None and (opts.max_order is not None or opts.max_iters is not None):
+    if isinstance(method.tableau, ImplicitRK):
+        # Bound to this solve: its Jacobian strategy, Newton tolerance and iteration cap.
+        method = replace(method, tableau=ImplicitRK(
+            method.tableau.table, strategy_from_options(opts.jac, opts.jacobian), _loosest(problem.rtol),
+            _loosest(problem.atol), opts.max_iters or 10))
+    if method.adams is None and (opts.max_order is not None or (opts.max_iters is not None and not method.uses_jacobian)):
         raise UnknownOptionError(
             f"options 'max_order'/'max_iters' belong to the Adams methods, not {method.name!r}; drop them "
             f"or use method='explicit_adams' / 'implicit_adams'"
         )
     return method, opts
+
+
+def _loosest(tol) -> float:
+    """A scalar tolerance for Newton's convergence test (per-component ones: the largest)."""
+    return float(tol.max()) if isinstance(tol, torch.Tensor) else float(tol)
 
 
 def save_times(problem: ODEProblem, differentiable: bool) -> List[Union[float, torch.Tensor]]:

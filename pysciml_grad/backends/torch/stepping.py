@@ -119,7 +119,7 @@ def rk_step(
     its own step: Newton on the stage equations, see ``implicit/method.py``.
     """
     if not isinstance(tab, ButcherTableau):
-        return tab.step(rhs, t, y, h, k0)
+        return tab.step(rhs, t, y, h, k0, perturb_start=perturb_start, perturb_end=perturb_end)
     if k0 is None:
         k0 = rhs(nudge(t, t + h, y) if perturb_start else t, y)
     ks = [k0]

@@ -298,3 +298,118 @@ TABLEAUS = {
     for tab in (EULER, MIDPOINT, HEUN, RALSTON, RK4, HEUN_EULER, BOSH3, DOPRI5, TSIT5,
                 HEUN3, RK38, FEHLBERG2, DOPRI8)
 }
+
+
+# --- Implicit Runge-Kutta tables ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImplicitTableau:
+    """One implicit Runge-Kutta method: the full s x s matrix ``a`` (rows), nodes ``c``
+    and weights ``b``; the step solves the stage equations
+
+        K_i = f(t_n + c_i h, y_n + h sum_j a_ij K_j),  i = 1..s,   y_{n+1} = y_n + h sum_i b_i K_i.
+
+    The structure of ``a`` decides how they are solved (no flag): lower triangular
+    (diagonally implicit, DIRK) means one stage at a time, each with the Newton matrix
+    I - h a_ii J (a zero diagonal entry is an explicit stage); otherwise all s stages are
+    coupled (fully implicit) and Newton uses I - h A (x) J.
+
+    Sources: Hairer & Wanner, *Solving ODEs II*, IV.5 (Gauss-Legendre orders 4 and 6,
+    Radau IIA orders 3 and 5; Table 5.2, 5.5, 5.6) and IV.6 (SDIRK); the trapezoid rule
+    as the 2-stage Lobatto IIIA method; Alexander (1977), "Diagonally implicit Runge-Kutta
+    methods for stiff ODEs", for the L-stable 2-stage SDIRK with gamma = 1 - sqrt(2)/2;
+    Hosea & Shampine (1996), "Analysis and implementation of TR-BDF2", for TR-BDF2 as an
+    ESDIRK with gamma = 2 - sqrt(2) (a_22 = gamma / 2, third row (w, w, gamma/2), w =
+    sqrt(2)/4). Cross-checked against torchdiffeq master (github.com/rtqichen/torchdiffeq at
+    657943a, ``torchdiffeq/_impl/fixed_grid_implicit.py``): every ``a``, ``b`` agrees;
+    its Gauss-Legendre 4 lists the node 1/2 - sqrt(3)/6 twice (``alpha``), where the
+    method's second node is 1/2 + sqrt(3)/6 (our ``c``; the order test measures 4 on a
+    time-dependent f only with it).
+    """
+
+    name: str
+    order: int
+    c: Row
+    a: Tuple[Row, ...]
+    b: Row
+    #: |R(z)| -> 0 as z -> -inf (the method damps infinitely stiff components).
+    l_stable: bool = False
+
+    uses_jacobian = True
+    adaptive = False
+    b_err = None
+    error_order = None
+    fsal = False
+    dense = None
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def diagonally_implicit(self) -> bool:
+        return all(self.a[i][j] == 0.0 for i in range(self.stages) for j in range(i + 1, self.stages))
+
+    def explicit_stage(self, i: int) -> bool:
+        """Stage i depends only on earlier stages (DIRK with a_ii = 0)."""
+        return self.diagonally_implicit and self.a[i][i] == 0.0
+
+
+_S2, _S3, _S6, _S15 = 2 ** 0.5, 3 ** 0.5, 6 ** 0.5, 15 ** 0.5
+_G_SDIRK2 = 1 - _S2 / 2
+_G_TRBDF2 = 2 - _S2
+
+IMPLICIT_EULER = ImplicitTableau("implicit_euler", 1, c=(1.0,), a=((1.0,),), b=(1.0,), l_stable=True)
+IMPLICIT_MIDPOINT = ImplicitTableau("implicit_midpoint", 2, c=(0.5,), a=((0.5,),), b=(1.0,))
+TRAPEZOID = ImplicitTableau("trapezoid", 2, c=(0.0, 1.0), a=((0.0, 0.0), (0.5, 0.5)), b=(0.5, 0.5))
+RADAU_IIA3 = ImplicitTableau(
+    "radauIIA3", 3, c=(1 / 3, 1.0), a=((5 / 12, -1 / 12), (3 / 4, 1 / 4)), b=(3 / 4, 1 / 4), l_stable=True
+)
+RADAU_IIA5 = ImplicitTableau(
+    "radauIIA5",
+    5,
+    c=((4 - _S6) / 10, (4 + _S6) / 10, 1.0),
+    a=(
+        ((88 - 7 * _S6) / 360, (296 - 169 * _S6) / 1800, (-2 + 3 * _S6) / 225),
+        ((296 + 169 * _S6) / 1800, (88 + 7 * _S6) / 360, (-2 - 3 * _S6) / 225),
+        ((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    ),
+    b=((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    l_stable=True,
+)
+GL4 = ImplicitTableau(
+    "gl4",
+    4,
+    c=(0.5 - _S3 / 6, 0.5 + _S3 / 6),
+    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)),
+    b=(0.5, 0.5),
+)
+GL6 = ImplicitTableau(
+    "gl6",
+    6,
+    c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10),
+    a=(
+        (5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
+        (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
+        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36),
+    ),
+    b=(5 / 18, 4 / 9, 5 / 18),
+)
+SDIRK2 = ImplicitTableau(
+    "sdirk2", 2, c=(_G_SDIRK2, 1.0), a=((_G_SDIRK2, 0.0), (1 - _G_SDIRK2, _G_SDIRK2)), b=(1 - _G_SDIRK2, _G_SDIRK2),
+    l_stable=True,
+)
+TRBDF2 = ImplicitTableau(
+    "trbdf2",
+    2,
+    c=(0.0, _G_TRBDF2, 1.0),
+    a=((0.0, 0.0, 0.0), (_G_TRBDF2 / 2, _G_TRBDF2 / 2, 0.0), (_S2 / 4, _S2 / 4, _G_TRBDF2 / 2)),
+    b=(_S2 / 4, _S2 / 4, _G_TRBDF2 / 2),
+    l_stable=True,
+)
+
+IMPLICIT_TABLEAUS = {
+    tab.name: tab
+    for tab in (IMPLICIT_EULER, IMPLICIT_MIDPOINT, TRAPEZOID, RADAU_IIA3, RADAU_IIA5, GL4, GL6, SDIRK2, TRBDF2)
+}

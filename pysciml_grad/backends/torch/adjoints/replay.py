@@ -44,6 +44,8 @@ def without_fsal_stage(tab: ButcherTableau) -> ButcherTableau:
     that combination with b = a_s gives y_{n+1} by the same operations without the
     extra evaluation of func (one of 7 for dopri5/tsit5, 1 of 4 for bosh3).
     """
+    if not isinstance(tab, ButcherTableau):
+        return tab  # an implicit method: no FSAL stage, no error estimate
     if not tab.fsal:
         return replace(tab, b_err=None)
     return replace(tab, c=tab.c[:-1], a=tab.a[:-1], b=tab.a[-1], b_err=None, fsal=False, dense=None)

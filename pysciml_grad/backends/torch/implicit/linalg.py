@@ -28,11 +28,15 @@ import torch
 from ....errors import SolverError
 
 
+class SingularMatrixError(SolverError):
+    """I - h a_ii J (or I - h A (x) J) is singular: no Newton step can be taken."""
+
+
 class _LU:
     def __init__(self, M: torch.Tensor, where: str):
         LU, pivots, info = torch.linalg.lu_factor_ex(M)
         if bool((info > 0).any()):
-            raise SolverError(
+            raise SingularMatrixError(
                 f"the Newton matrix of the implicit stages is singular {where} (I - h a_ii J has no inverse "
                 "at this step size): use a smaller step size, or check func's Jacobian there"
             )
@@ -96,3 +100,23 @@ def apply_blocks(J: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """J x for blocks J ``(B, n, n)`` and x shaped like the state (numel B n)."""
     B, n = J.shape[0], J.shape[1]
     return torch.bmm(J, x.reshape(B, n, 1)).reshape(x.shape)
+
+
+class LeadingBlock:
+    """A Newton matrix whose Jacobian is zero outside the leading ``m`` entries of the
+    state (the last dimension): ``inner`` acts on those, the identity on the rest. The
+    adjoint systems use it for their [y, a | dL/dtheta] states: dL/dtheta never feeds back,
+    so its block of the matrix is the identity whatever the size of theta."""
+
+    def __init__(self, inner, m: int):
+        self.inner, self.m = inner, m
+
+    def _apply(self, r: torch.Tensor, how) -> torch.Tensor:
+        head = how(r[..., : self.m].contiguous())
+        return torch.cat([head, r[..., self.m :]], dim=-1)
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        return self._apply(r, self.inner.solve)
+
+    def solve_transposed(self, r: torch.Tensor) -> torch.Tensor:
+        return self._apply(r, self.inner.solve_transposed)
