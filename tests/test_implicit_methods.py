@@ -153,3 +153,23 @@ def test_block_diagonal_and_user_jacobian_give_the_dense_solution():
     # Samples are independent, so solving them one by one gives the same answer too.
     one = psg.odeint(f, y0[2:3], t, options={"step_size": 0.05}, **kw)
     assert torch.allclose(one[:, 0], dense[:, 2], atol=1e-12)
+
+
+def test_stiff_hint_points_to_the_implicit_methods_and_they_solve_it():
+    """An explicit method on Robertson's kinetics runs out of steps; the message names
+    the torch engine's stiff methods, radauIIA5 among them, and radauIIA5 with a step size of 1 does the job (checked against
+    SciPy's Radau at rtol 1e-10 to the accuracy 40 steps of order 5 give)."""
+    from scipy.integrate import solve_ivp
+
+    def rober(t, y):
+        y1, y2, y3 = y.unbind(-1)
+        return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2, 3e7 * y2 ** 2], -1)
+
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D)
+    t = torch.tensor([0.0, 40.0], dtype=D)
+    with pytest.raises(psg.errors.MaxStepsExceededError, match="rodas5p.*'radauIIA5'"):
+        psg.odeint(rober, y0, t, method="dopri5", options={"max_num_steps": 300})
+    ys = psg.odeint(rober, y0, torch.linspace(0, 40, 41, dtype=D), method="radauIIA5")
+    ref = solve_ivp(lambda t, y: rober(t, torch.tensor(y)).numpy(), (0, 40), y0.numpy(), method="Radau",
+                    rtol=1e-10, atol=1e-14).y[:, -1]
+    assert float((ys[-1] - torch.tensor(ref)).abs().max()) < 1e-4

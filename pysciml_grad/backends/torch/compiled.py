@@ -46,6 +46,7 @@ from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteSt
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .integrate import (
+    STIFF_HINT,
     AcceptedStep,
     CountingRHS,
     Counters,
@@ -300,7 +301,7 @@ def integrate_compiled(
             raise MaxStepsExceededError(
                 f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
-                "or, for a stiff problem, use a stiff method: method='rodas5p' (or 'rodas4')."
+                f"or, for a stiff problem, use {STIFF_HINT}."
             )
         out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev)
         if out is None:

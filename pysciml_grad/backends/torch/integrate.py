@@ -33,6 +33,11 @@ from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
 
+#: What the errors of a stiff-looking solve advise: the torch engine's own stiff methods
+#: (they run everywhere), the adaptive Rosenbrock ones first, then the fixed-step implicit ones.
+STIFF_HINT = ("a stiff method: method='rodas5p' (or 'rodas4'), adaptive, or a fixed-step implicit method "
+              "such as 'radauIIA5' or 'trbdf2' with options={'step_size': h} (see docs/stiff.md)")
+
 
 class CountingRHS:
     """Wraps ``func(t, y)``: counts evaluations, hands ``func`` a 0-d time tensor in the
@@ -98,7 +103,7 @@ def _check_finite(y: torch.Tensor, t_reached: float, what: str) -> None:
         raise NonFiniteStateError(
             f"{what} became NaN/inf at t={t_reached:.6g}. The solution blows up or func "
             "produces NaN there: check func and its parameters, shorten the interval, or "
-            "use a stiff method (method='rodas5p')."
+            f"use {STIFF_HINT}."
         )
 
 
@@ -256,7 +261,7 @@ def integrate_adaptive(
             raise MaxStepsExceededError(
                 f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
-                "or, for a stiff problem, use a stiff method: method='rodas5p' (or 'rodas4')."
+                f"or, for a stiff problem, use {STIFF_HINT}."
             )
         h_f = as_float(h)
         if not math.isfinite(h_f):
@@ -384,8 +389,7 @@ def _underflow(opts: SolverOptions, t_f: float, h_f: float, y: torch.Tensor, cou
     return StepSizeUnderflowError(
         f"step size {abs(h_f):.3g} underflowed (min_step={opts.min_step:g}) at t={t_f:.6g}, "
         f"|y|max={as_float(y.abs().max()):.3g}: the solution may blow up in finite time, or the "
-        "problem is stiff. Shorten the interval, loosen rtol/atol, or use a stiff method "
-        "(method='rodas5p' or 'rodas4')."
+        f"problem is stiff. Shorten the interval, loosen rtol/atol, or use {STIFF_HINT}."
     )
 
 

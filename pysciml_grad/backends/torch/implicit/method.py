@@ -119,15 +119,19 @@ class ImplicitRK:
         M = self._lu.get(key)
         if M is None:
             self.n_lu += 1
-            where = f"at t={t:.6g} (h a_ii = {key:.3g})" if self.table.diagonally_implicit else f"at t={t:.6g} (h = {key:.3g})"
-            if self.table.diagonally_implicit:
-                M = StageMatrix(self._J, key, where)
-            else:
-                M = CollocationMatrix(self._J, key, self.table.a, where)
-            m = self._J.shape[0] * self._J.shape[1]
-            if m < self._n_state:  # a Jacobian of the leading entries only (adjoint systems)
-                M = LeadingBlock(M, m)
-            self._lu[key] = M
+            M = self._lu[key] = self._factor(self._J, key, t)
+        return M
+
+    def _factor(self, J: torch.Tensor, key: float, t: float):
+        """LU of I - key J (DIRK, key = h a_ii) or I - h A (x) J (key = h); J may be one
+        Jacobian (B, n, n) or, for the collocation system, one per stage (s, B, n, n)."""
+        if self.table.diagonally_implicit:
+            M = StageMatrix(J, key, f"at t={t:.6g} (h a_ii = {key:.3g})")
+        else:
+            M = CollocationMatrix(J, key, self.table.a, f"at t={t:.6g} (h = {key:.3g})")
+        m = J.shape[-3] * J.shape[-2]
+        if m < self._n_state:  # a Jacobian of the leading entries only (adjoint systems)
+            M = LeadingBlock(M, m)
         return M
 
     # ------------------------------------------------------------------ step
@@ -147,23 +151,24 @@ class ImplicitRK:
                 self._refresh(rhs, t_f, yd)
             else:
                 self._fresh = False
-            for _ in range(2):
+            for attempt in (("fresh", "full") if self._fresh else ("cached", "fresh", "full")):
                 try:
-                    K, worst = self._solve(rhs, t_f, yd, h_f, k0d, scale)
+                    K, worst = self._solve(rhs, t_f, yd, h_f, k0d, scale, full=attempt == "full")
                     break
                 except SingularMatrixError:
-                    if self._fresh:
+                    if attempt == "full":
                         raise
                     self._refresh(rhs, t_f, yd)
                 except _Diverged as err:
-                    if self._fresh:
+                    if attempt == "full":
                         raise NewtonConvergenceError(
                             f"Newton's method for the implicit stages of {self.name!r} did not converge at "
                             f"t={t_f:.6g} with step size {abs(h_f):.3g} ({err}), even with the Jacobian "
-                            "evaluated there: use a smaller step size (options={'step_size': h} or a finer "
-                            "grid t), raise options['max_iters'], or check func for a discontinuity there"
+                            "evaluated at every iterate: use a smaller step size (options={'step_size': h} or a "
+                            "finer grid t), raise options['max_iters'], or check func for a discontinuity there"
                         ) from None
-                    self._refresh(rhs, t_f, yd)
+                    if not self._fresh:
+                        self._refresh(rhs, t_f, yd)
             if worst > newton.SLOW_RATE:
                 self._J = None  # converged slowly: evaluate J afresh at the next step
         Ks = self._attach_gradient(rhs, t, y, h, K) if torch.is_grad_enabled() else list(K.unbind(0))
@@ -179,8 +184,10 @@ class ImplicitRK:
             return nudge(ti, t + h, y)
         return ti
 
-    def _solve(self, rhs, t: float, y: torch.Tensor, h: float, k0: torch.Tensor, scale: torch.Tensor):
+    def _solve(self, rhs, t: float, y: torch.Tensor, h: float, k0: torch.Tensor, scale: torch.Tensor,
+               full: bool = False):
         tab = self.table
+        iters = self.max_iters * (2 if full else 1)
         s = tab.stages
         if tab.diagonally_implicit:
             Ks: List[torch.Tensor] = []
@@ -197,8 +204,11 @@ class ImplicitRK:
                 def residual(Ki, base=base, ti=ti, gh=gh):
                     return Ki - rhs(ti, base + gh * Ki)
 
+                def solver_at(Ki, base=base, ti=ti, gh=gh):
+                    return self._factor(self._jac(rhs, _f(ti), base + gh * Ki), gh, t).solve
+
                 guess = Ks[-1] if Ks else k0
-                res = newton.iterate(residual, M.solve, guess, h, scale, self.max_iters)
+                res = newton.iterate(residual, M.solve, guess, h, scale, iters, solver_at if full else None)
                 if not res.converged:
                     raise _Diverged(f"stage {i + 1}: {res.iterations} iterations, rate {res.rate:.2g}")
                 worst = max(worst, res.rate)
@@ -210,7 +220,14 @@ class ImplicitRK:
         def residual(K):
             return K - self._stage_f(rhs, times, y, h, K)
 
-        res = newton.iterate(residual, M.solve, k0.unsqueeze(0).expand(s, *k0.shape).clone(), h, scale, self.max_iters)
+        def solver_at(K):
+            # One Jacobian per stage at the current iterate: the exact dG/dK (CollocationMatrix).
+            Ks = K.unbind(0)
+            Js = torch.stack([self._jac(rhs, _f(ti), lincomb(y, h, row, Ks)) for ti, row in zip(times, tab.a)])
+            return self._factor(Js, h, t).solve
+
+        res = newton.iterate(residual, M.solve, k0.unsqueeze(0).expand(s, *k0.shape).clone(), h, scale, iters,
+                             solver_at if full else None)
         if not res.converged:
             raise _Diverged(f"{res.iterations} iterations, rate {res.rate:.2g}")
         return res.K, res.rate

@@ -14,7 +14,8 @@ converged when
     eta_k ||dK_k|| <= kappa,   eta_k = theta_k / (1 - theta_k)
 
 (an estimate of the remaining error ||K_{k+1} - K*||), and it is declared divergent when
-theta_k >= 1 or when ``max_iters`` iterations did not suffice. The first iteration has no
+theta_k >= 1 or when ``max_iters`` iterations did not suffice. The stage solver then
+evaluates J afresh and retries, and as a last resort runs full Newton (J at every iterate). The first iteration has no
 rate yet: it is accepted only when ||dK_1|| <= kappa / 100 (for a linear f and a fresh
 Jacobian dK_2 is at rounding level, so this costs one iteration at most); the same
 bound ends any iteration whose increment is that small, where theta is rounding noise.
@@ -55,12 +56,19 @@ def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
 
 
 def iterate(residual: Callable[[torch.Tensor], torch.Tensor], solve: Callable[[torch.Tensor], torch.Tensor],
-            K0: torch.Tensor, h: float, scale: torch.Tensor, max_iters: int) -> NewtonResult:
-    """Simplified Newton from ``K0``: ``residual(K) = G(K)``, ``solve(r) = M^{-1} r``."""
+            K0: torch.Tensor, h: float, scale: torch.Tensor, max_iters: int,
+            solver_at: Optional[Callable[[torch.Tensor], Callable]] = None) -> NewtonResult:
+    """Simplified Newton from ``K0``: ``residual(K) = G(K)``, ``solve(r) = M^{-1} r``.
+
+    ``solver_at(K)``: full Newton instead, M refactorised at every iterate (the last resort
+    of the stage solver, far from the solution, where a contraction rate above 1 in early
+    iterations is no sign of divergence: only ``max_iters`` ends it)."""
     K = K0
     prev: Optional[float] = None
     worst = 0.0
     for k in range(1, max_iters + 1):
+        if solver_at is not None:
+            solve = solver_at(K)
         dK = solve(-residual(K))
         K = K + dK
         norm = scaled_norm(dK, h, scale)
@@ -71,8 +79,11 @@ def iterate(residual: Callable[[torch.Tensor], torch.Tensor], solve: Callable[[t
         if prev is not None:
             theta = norm / prev if prev > 0 else 0.0
             worst = max(worst, theta)
-            if theta >= 1.0:
+            if theta >= 1.0 and solver_at is None:
                 return NewtonResult(K, False, k, theta)
+            if theta >= 1.0:
+                prev = norm
+                continue
             if norm == 0.0 or theta / (1 - theta) * norm <= KAPPA:
                 return NewtonResult(K, True, k, worst)
         prev = norm
