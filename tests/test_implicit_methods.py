@@ -173,3 +173,14 @@ def test_stiff_hint_points_to_the_implicit_methods_and_they_solve_it():
     ref = solve_ivp(lambda t, y: rober(t, torch.tensor(y)).numpy(), (0, 40), y0.numpy(), method="Radau",
                     rtol=1e-10, atol=1e-14).y[:, -1]
     assert float((ys[-1] - torch.tensor(ref)).abs().max()) < 1e-4
+
+
+def test_compile_option_falls_back_to_the_eager_newton_loop():
+    w = torch.tensor(-2.0, dtype=D, requires_grad=True)
+    t = torch.linspace(0, 1, 5, dtype=D)
+    with pytest.warns(psg.errors.CompileFallbackWarning, match="explicit Runge-Kutta methods only, not 'radauIIA5'"):
+        ys = psg.odeint(lambda t, y: w * y, torch.ones(2, dtype=D), t, method="radauIIA5", options={"compile": True})
+    eager = psg.odeint(lambda t, y: w * y, torch.ones(2, dtype=D), t, method="radauIIA5")
+    assert torch.equal(ys, eager)
+    (g,) = torch.autograd.grad(ys.sum(), [w])
+    assert torch.isfinite(g)

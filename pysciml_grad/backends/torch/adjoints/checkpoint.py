@@ -54,6 +54,7 @@ from ..adams import ADAMS_METHODS
 from . import recompute
 from ..callbacks import NAMES as _CB
 from .. import compiled, progress
+from ..tableaus import ButcherTableau
 from .common import check_incoming, nonfinite_adjoint, run, scatter, trainable, vjp
 from .replay import StepMeta, initial_state, step, without_fsal_stage
 from .schedule import Counter, OnlineThinning, reverse
@@ -212,7 +213,7 @@ class CheckpointStrategy:
         # are replayed with autograd on the compiled step (the first one eagerly, for
         # check_graph's watch).
         fast = None
-        if (self.opts.compile and self.tab is not None and self.rng is None and tv is None
+        if (self.opts.compile and isinstance(self.tab, ButcherTableau) and self.rng is None and tv is None
                 and not getattr(self.opts, "perturb", False)):
             fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0)
             t_dev = fast.times(m.t for m in self.steps)
