@@ -215,6 +215,15 @@ TORCH_ONLY_METHODS = {
         "which no SciML method reproduces step for step; use backend='torch'"
         for name in ("explicit_adams", "implicit_adams", "fixed_adams")
     },
+    # The torch engine's fixed-step implicit methods (torchdiffeq master's names). SciML's
+    # methods of similar names step adaptively with their own Newton and error control, so
+    # the same name would not mean the same discrete map; name the SciML method instead.
+    **{
+        name: "it is one of the torch engine's fixed-step implicit Runge-Kutta methods; on the Julia engine "
+        "pass a SciML stiff solver by its own name (e.g. 'TRBDF2', 'KenCarp4', 'Rodas5P'), or use backend='torch'"
+        for name in ("implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5", "gl4", "gl6",
+                     "sdirk2", "trbdf2")
+    },
 }
 
 
