@@ -1,21 +1,33 @@
-"""Per-step solver overhead with options={"compile": True} vs eager vs torchdiffeq (issue 11, P1).
+"""options={"compile": True} vs eager vs torchdiffeq, against the floor (issue 11: P1, P2).
 
 Usage (from the repository root)::
 
-    python benchmarks/compiled_step.py [--device cuda] [--reps 15]   # writes benchmarks/compiled_step.md
+    python benchmarks/compiled_step.py [--device cuda] [--reps 15]   # P1 -> benchmarks/compiled_step.md
+    python benchmarks/compiled_step.py --problem p2 [--device cuda]  # P2 -> benchmarks/compiled_step_p2.md
+    python benchmarks/compiled_step.py --problem all --device cuda    # both, one command
+                                                # -> benchmarks/compiled_step{,_p2}_cuda.md
 
 P1: dy/dt = MLP(y), MLP 2->16->2 (tanh), batch 1, float32, dopri5, rtol 1e-6, atol 1e-8,
 t in [0, 10] (2 save times). Two regimes: the forward solve alone (no_grad), and forward +
 backward of sum(y(10)^2) with the gradient to the MLP's weights.
+
+P2 (the package benchmark, ``problems.mlp_problem``): MLP 2->64->64->2 (tanh), batch 512,
+float32, dopri5, rtol 1e-6, atol 1e-8, t in [0, 1] and in [0, 10], loss mean(y(t1)^2),
+forward + backward.
 
 Floor: the same number of func evaluations chained (y <- func(t, y)), with no solver
 arithmetic (forward, or forward + backward, as the row). Solver overhead per step =
 (min time - floor for that solver's nfe) / trial steps (accepted + rejected; torchdiffeq:
 (nfe - 2) / 6). Solvers are timed round-robin in one process (each repetition runs each
 solver once), so a change in machine load hits all of them alike; ratios come from the
-same run. Minima, not medians: on a shared machine load only ever adds time. The first compiled call of each configuration (forward: no_grad; DirectAD: grad
-enabled, a second graph with its backward) is timed separately as the compile cost, with
-an empty inductor cache (a fresh TORCHINDUCTOR_CACHE_DIR) unless --warm-cache.
+same run. Minima, not medians: on a shared machine load only ever adds time. The first
+compiled call of each configuration is timed separately as the compile cost (it traces
+and lowers every graph that configuration needs: the trial step, and for the backward
+the replayed step's VJP or the step's backward graph), with an empty inductor cache (a
+fresh TORCHINDUCTOR_CACHE_DIR) unless --warm-cache.
+
+On CUDA the same rows run with ``--device cuda``; the compiled fixed-step path uses CUDA
+graphs there (``mode="reduce-overhead"``, see compiled.py).
 """
 
 from __future__ import annotations
@@ -34,10 +46,12 @@ import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import pysciml_grad as psg  # noqa: E402
+from problems import mlp_problem, sync as sync_device  # noqa: E402
 
-OUT = HERE / "compiled_step.md"
+OUTS = {"p1": HERE / "compiled_step.md", "p2": HERE / "compiled_step_p2.md"}
 
 
 class MLP(torch.nn.Module):
@@ -50,23 +64,14 @@ class MLP(torch.nn.Module):
         return self.net(y)
 
 
-def main(argv=None) -> str:
+def bench(func, y0, t, loss, tol, regimes, reps, sync):
+    """Time each regime's solvers round-robin; returns (markdown lines, compile seconds).
+
+    ``regimes``: {title: (grad, {row name: (kind, options, sensealg)})}, kind "ours" or
+    "torchdiffeq"; every regime must have a "torchdiffeq odeint" row (the ratio's base)."""
     import torchdiffeq
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--warm-cache", action="store_true", help="keep inductor's on-disk cache")
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    func = MLP().to(dev)
     params = list(func.parameters())
-    y0 = torch.randn(1, 2, device=dev)
-    t = torch.tensor([0.0, 10.0], device=dev)
-    tol = dict(rtol=1e-6, atol=1e-8)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     class Counting(torch.nn.Module):  # torchdiffeq's nfe
         def __init__(self):
@@ -79,13 +84,13 @@ def main(argv=None) -> str:
 
     counting = Counting()
 
-    def ours(opts, sensealg=None):
+    def ours(opts, sensealg):
         def run(grad):
             kw = {} if sensealg is None else {"sensealg": sensealg}
             ys, st = psg.odeint(func, y0, t, **tol, params=params if grad else None,
                                 options={**opts, "return_stats": True}, **kw)
             if grad:
-                ys[-1].square().sum().backward()
+                loss(ys[-1]).backward()
             return st.nfe, st.n_steps + st.n_rejected
         return run
 
@@ -93,7 +98,7 @@ def main(argv=None) -> str:
         counting.n = 0
         ys = torchdiffeq.odeint(counting, y0, t, **tol)
         if grad:
-            ys[-1].square().sum().backward()
+            loss(ys[-1]).backward()
         return counting.n, (counting.n - 2) / 6
 
     def floor(n, grad):
@@ -101,33 +106,12 @@ def main(argv=None) -> str:
         for _ in range(n):
             y = func(t[0], y)
         if grad:
-            y.square().sum().backward()
+            loss(y).backward()
 
-    regimes = {
-        "forward (no_grad)": (False, {
-            "ours eager": ours({}),
-            "ours compile": ours({"compile": True}),
-            "torchdiffeq odeint": tdq,
-        }),
-        "forward + backward": (True, {
-            "ours DirectAD eager": ours({}, psg.DirectAD()),
-            "ours DirectAD compile": ours({"compile": True}, psg.DirectAD()),
-            "ours CheckpointAdjoint eager": ours({}, psg.CheckpointAdjoint()),
-            "ours CheckpointAdjoint compile": ours({"compile": True}, psg.CheckpointAdjoint()),
-            "torchdiffeq odeint": tdq,
-        }),
-    }
     compile_s = {}
-    lines = [
-        "# Compiled stepping, P1 (`python benchmarks/compiled_step.py`; do not edit by hand)",
-        "",
-        f"MLP 2->16->2 (tanh), batch 1, float32, dopri5, rtol 1e-6, atol 1e-8, t in [0, 10], device {dev}, "
-        f"1 thread, minimum of {args.reps} round-robin repetitions, torch {torch.__version__}. "
-        f"Machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-        "(shared with other jobs: absolute times are inflated, ratios from the same run hold better).",
-        "",
-    ]
-    for regime, (grad, solvers) in regimes.items():
+    lines = []
+    for regime, (grad, rows) in regimes.items():
+        solvers = {name: (tdq if kind == "torchdiffeq" else ours(opts, sa)) for name, (kind, opts, sa) in rows.items()}
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
             work = {}
@@ -141,7 +125,7 @@ def main(argv=None) -> str:
                     compile_s[f"{regime}: {name}"] = time.perf_counter() - start
             times = {name: [] for name in solvers}
             floors = {name: [] for name in solvers}
-            for _ in range(args.reps):
+            for _ in range(reps):
                 for name, run in solvers.items():
                     func.zero_grad()
                     sync()
@@ -164,11 +148,85 @@ def main(argv=None) -> str:
             lines.append(f"| {name} | {1e3 * tm:.2f} | {tm / ref:.2f}x | {1e3 * fl:.2f} | {tm / fl:.2f}x | {nfe} | "
                          f"{trials:.0f} | {1e6 * (tm - fl) / trials:.0f} |")
         lines.append("")
-    lines += ["## Compile cost (first call, this problem shape)", ""]
-    lines += [f"- {k}: {v:.1f} s" for k, v in compile_s.items()]
-    text = "\n".join(lines) + "\n"
-    OUT.write_text(text)
-    return text
+    return lines, compile_s
+
+
+def header(title, desc, dev, reps):
+    return [
+        f"# {title} (`python benchmarks/compiled_step.py`; do not edit by hand)",
+        "",
+        f"{desc}, device {dev}, 1 thread, minimum of {reps} round-robin repetitions, torch {torch.__version__}. "
+        f"Machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(shared with other jobs: absolute times are inflated, ratios from the same run hold better).",
+        "",
+    ]
+
+
+def compile_lines(compile_s):
+    return ["## Compile cost (first call, this problem shape)", ""] + [f"- {k}: {v:.1f} s" for k, v in compile_s.items()]
+
+
+GRAD_ROWS = lambda: {  # noqa: E731
+    "ours DirectAD eager": ("ours", {}, psg.DirectAD()),
+    "ours DirectAD compile": ("ours", {"compile": True}, psg.DirectAD()),
+    "ours CheckpointAdjoint eager": ("ours", {}, psg.CheckpointAdjoint()),
+    "ours CheckpointAdjoint compile": ("ours", {"compile": True}, psg.CheckpointAdjoint()),
+    "torchdiffeq odeint": ("torchdiffeq", None, None),
+}
+
+
+def p1(dev, reps):
+    torch.manual_seed(0)
+    func = MLP().to(dev)
+    y0 = torch.randn(1, 2, device=dev)
+    t = torch.tensor([0.0, 10.0], device=dev)
+    regimes = {
+        "forward (no_grad)": (False, {
+            "ours eager": ("ours", {}, None),
+            "ours compile": ("ours", {"compile": True}, None),
+            "torchdiffeq odeint": ("torchdiffeq", None, None),
+        }),
+        "forward + backward": (True, GRAD_ROWS()),
+    }
+    lines, compile_s = bench(func, y0, t, lambda y: y.square().sum(), dict(rtol=1e-6, atol=1e-8), regimes, reps,
+                             lambda: sync_device(dev.type))
+    head = header("Compiled stepping, P1", "MLP 2->16->2 (tanh), batch 1, float32, dopri5, rtol 1e-6, atol 1e-8, "
+                  "t in [0, 10]", dev, reps)
+    return head + lines + compile_lines(compile_s)
+
+
+def p2(dev, reps):
+    lines, compile_all = [], {}
+    for t1 in (1.0, 10.0):
+        prob = mlp_problem(t1=t1).to(device=dev)
+        regimes = {f"t in [0, {t1:g}], forward + backward": (True, GRAD_ROWS())}
+        part, compile_s = bench(prob.func, prob.y0, prob.t, prob.loss, dict(rtol=prob.rtol, atol=prob.atol), regimes,
+                                reps, lambda: sync_device(dev.type))
+        lines += part
+        compile_all.update(compile_s)
+    head = header("Compiled stepping, P2 (the package benchmark)",
+                  "MLP 2->64->64->2 (tanh), batch 512, float32, dopri5, rtol 1e-6, atol 1e-8, loss mean(y(t1)^2); "
+                  "the t in [0, 10] rows reuse the t in [0, 1] compile (same shapes)", dev, reps)
+    return head + lines + compile_lines(compile_all)
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--problem", choices=["p1", "p2", "all"], default="p1")
+    ap.add_argument("--reps", type=int, default=None, help="round-robin repetitions (default: P1 15, P2 5)")
+    ap.add_argument("--warm-cache", action="store_true", help="keep inductor's on-disk cache")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    torch.set_num_threads(1)
+    texts = []
+    for name, run, reps in (("p1", p1, 15), ("p2", p2, 5)):
+        if args.problem in (name, "all"):
+            text = "\n".join(run(dev, args.reps or reps)) + "\n"
+            out = OUTS[name] if dev.type == "cpu" else OUTS[name].with_name(f"{OUTS[name].stem}_{dev.type}.md")
+            out.write_text(text)
+            texts.append(text)
+    return "\n".join(texts)
 
 
 if __name__ == "__main__":

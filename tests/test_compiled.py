@@ -219,3 +219,66 @@ def test_inductor_no_recompile_and_same_solution():
             for k in range(20):
                 psg.odeint(FUNC, Y0 * (1 + k / 10), t * (1 + k / 7), rtol=1e-8, atol=1e-10, options={"compile": True})
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fixed_step_cuda_graph_mode_only_for_cuda_without_grad():
+    # CUDA graphs (reduce-overhead) are the fixed-step default only where a step builds no
+    # graph; the CPU path and an explicit user mode are left as they are.
+    from pysciml_grad.backends.torch.compiled import fixed_step_settings
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fixed_step_settings({}, cuda, grad=False) == {"mode": "reduce-overhead"}
+    assert fixed_step_settings({}, cuda, grad=True) == {}
+    assert fixed_step_settings({"mode": "default"}, cuda, grad=False) == {"mode": "default"}
+    assert fixed_step_settings({"backend": "eager"}, cpu, grad=False) == {"backend": "eager"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
+def test_cuda_fixed_step_on_cuda_graphs_matches_eager():
+    func = Linear().cuda()
+    y0 = Y0.cuda()
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        ys_c = psg.odeint(func, y0, t, method="rk4", options={"compile": True, "step_size": 0.13})
+        ys_e = psg.odeint(func, y0, t, method="rk4", options={"step_size": 0.13})
+    assert torch.allclose(ys_c, ys_e, rtol=0, atol=1e-12)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    fixed = [k for k in _CACHE[func] if k[0] == "fixed"]
+    assert fixed and ("mode", repr("reduce-overhead")) in fixed[0][-1]
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_backsolve_backward_runs_on_the_compiled_step_and_matches_eager():
+    # The backward solve of [y, a, g] runs on a compiled adaptive step (augmented RHS with
+    # its VJPs traced, mixed block norm in the graph): same steps as the eager backward
+    # solve (the controller is the same arithmetic), gradients equal to rounding.
+    t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
+    out = []
+    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys, st = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.BacksolveAdjoint(), options=opt)
+        ys.square().sum().backward()
+        out.append((y0.grad.clone(), FUNC.A.grad.clone(), st.nfe_backward))
+    assert out[0][2] == out[1][2]
+    for c, e in zip(out[0][:2], out[1][:2]):
+        assert torch.allclose(c, e, rtol=1e-12, atol=1e-12)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    back = [e for k, e in _CACHE[FUNC].items() if k[0] == "backsolve"]
+    assert back and back[0].calls > 0 and back[0].broken is None
+
+
+def test_stop_points_run_eagerly_with_a_warning():
+    # The compiled loop does not end steps on jump_t / step_t: it must not ignore them.
+    def func(t, y):
+        return -y * (1.0 + (t > 0.5).to(y.dtype))
+
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    with torch.no_grad():
+        for opt in ({"jump_t": [0.37]}, {"step_t": [0.37]}):
+            with pytest.warns(CompileFallbackWarning, match="jump_t"):
+                ys = psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options={**opt, "compile": EAGER})
+            assert torch.equal(ys, psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options=opt))

@@ -82,7 +82,7 @@ def _combine(y, hc, coeffs, ks):
     return out
 
 
-def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False):
+def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tuple = ()):
     """``(y_next, ks)`` of one explicit Runge-Kutta step from ``k0 = f(t, y)``:
 
         k_i = f(t + c_i h, y + h sum_j a_ij k_j),   y_next = y + h sum_i b_i k_i,
@@ -90,24 +90,29 @@ def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False):
     shared by the adaptive, replay and fixed-step functions. Plain Python over tensors
     with the table's coefficients as constants, so ``torch.compile(fullgraph=True)``
     traces it into one graph. ``fsal`` (a trace-time constant): the last stage's state
-    is ``y_next`` (its row of ``a`` is ``b``), so the combination is not formed again."""
+    is ``y_next`` (its row of ``a`` is ``b``), so the combination is not formed again.
+    ``extra``: further arguments of every ``func`` call (graph inputs, not constants)."""
     hy = h.to(y.dtype)
     ks = [k0]
     y_stage = y
     for ci, ai in zip(c[1:], a):
         y_stage = _combine(y, hy, ai, ks)
-        ks.append(func((t + ci * h).to(y.dtype), y_stage))
+        ks.append(func((t + ci * h).to(y.dtype), y_stage, *extra))
     y_next = y_stage if fsal else _combine(y, hy, b, ks)
     return y_next, ks
 
 
-def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float) -> Callable:
+def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float,
+              ratio: Optional[Callable] = None) -> Callable:
     """The trial step of ``tab`` for ``func`` as one traceable function.
 
-    ``step(t, h, t_end, y, k0, rtol, atol, prev) -> (y_next, ks, info, h_new, prev_new, t_next)``
+    ``step(t, h, t_end, y, k0, rtol, atol, prev, extra=()) -> (y_next, ks, info, h_new, prev_new, t_next)``
     with ``info = [accepted, r, t_next, h_used]`` (float64, read by the host once).
     ``k0 = f(t, y)`` is always an input: dopri5, tsit5 and bosh3 are FSAL, so it is the
     previous step's last stage; other tables get it from one eager call after acceptance.
+    ``ratio(err, y, y_next)``, when given, replaces the RMS error ratio (the adjoint
+    solves' mixed norm over their stacked blocks, ``continuous.mixed_ratio``); ``extra``
+    is passed on to every ``func`` call.
     """
     c = tab.c
     a = tab.a
@@ -117,15 +122,18 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     alpha, beta = ctl.alpha, ctl.beta
     safety, ifactor, dfactor = ctl.safety, ctl.ifactor, ctl.dfactor
 
-    def step(t, h, t_end, y, k0, rtol, atol, prev):
+    def step(t, h, t_end, y, k0, rtol, atol, prev, extra=()):
         last = (t + h - t_end) * h >= 0  # t + h reaches or passes t_end (h carries the direction)
         h = torch.where(last, t_end - t, h)
         hy = h.to(y.dtype)
-        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0, fsal)
+        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0, fsal, extra)
         # The error estimate only steers h, a constant for the gradient: no graph.
         err = _combine(torch.zeros_like(y), hy, b_err, [k.detach() for k in ks])
-        scale = torch.maximum(y.detach().abs(), y_next.detach().abs()) * rtol + atol
-        r = (err / scale).square().mean().clamp_min(torch.finfo(y.dtype).tiny).sqrt().to(h.dtype)
+        if ratio is None:
+            scale = torch.maximum(y.detach().abs(), y_next.detach().abs()) * rtol + atol
+            r = (err / scale).square().mean().clamp_min(torch.finfo(y.dtype).tiny).sqrt().to(h.dtype)
+        else:
+            r = ratio(err, y.detach(), y_next.detach()).to(h.dtype)
         finite = torch.isfinite(r)
         accepted = r <= 1.0
         rc = r.clamp_min(1e-10)
@@ -217,6 +225,8 @@ def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentia
         return "t requires grad (dL/dt is taken through the eager loop)"
     if opts.norm is not None:
         return "a user error norm (options['norm'])"
+    if opts.jump_t or opts.step_t or opts.accept_min_step:
+        return "options['jump_t'] / options['step_t'] / options['accept_min_step'] change the step sequence, which the compiled loop does not"
     if callbacks.step is not None or callbacks.accept is not None or callbacks.reject is not None:
         return "func has step callbacks (callback_step / callback_accept_step / callback_reject_step)"
     return None
@@ -253,6 +263,8 @@ def integrate_compiled(
     opts: SolverOptions,
     counters: Counters,
     record: Record = None,
+    entry: Optional[CompiledStep] = None,
+    extra: Tuple = (),
 ) -> Optional[List[torch.Tensor]]:
     """The adaptive loop of ``integrate.integrate_adaptive`` on the compiled step.
 
@@ -260,15 +272,18 @@ def integrate_compiled(
     when ``func`` cannot be captured in one graph (the caller then runs the eager loop).
     Same checks as the eager loop: max_num_steps, min_step, non-finite states and
     error estimates (a non-finite trial step is shrunk by dfactor and retried).
+    ``entry``: a compiled step other than ``rhs.func``'s own (the adjoint solves'),
+    called with ``extra`` as its last argument.
     """
-    settings = compile_settings(opts.compile)
     ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     dev = y0.device
     f64 = torch.float64
     rtol_t = torch.as_tensor(rtol, dtype=y0.dtype, device=dev)
     atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=dev)
-    entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings)
+    if entry is None:
+        settings = compile_settings(opts.compile)
+        entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings)
     if entry.broken is not None:
         _warn_fallback(entry.broken)
         return None
@@ -303,7 +318,7 @@ def integrate_compiled(
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 f"or, for a stiff problem, use {STIFF_HINT}."
             )
-        out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev)
+        out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev, *((extra,) if extra else ()))
         if out is None:
             return None
         y_next, ks, info, h_new, prev_new, t_next = out
@@ -333,6 +348,57 @@ def integrate_compiled(
             counters.n_rejected += 1
         h, prev = h_new, prev_new
     return ys  # type: ignore[return-value]
+
+
+def make_backsolve_rhs(func: Callable, shape: Tuple[int, ...], n: int) -> Callable:
+    """``aug(t, s, ps)``: BacksolveAdjoint's augmented right-hand side on the flat state
+    ``s = [y, a, g]`` (``adjoints/backsolve.py``; Chen et al. 2018, eq. 4-5),
+
+        d/dt [y, a, g] = [f(t, y), -a^T df/dy, -a^T df/dps],
+
+    the vector-Jacobian products by ``torch.autograd.grad`` inside the traced region, so
+    a whole trial step of the backward solve is one compiled call."""
+
+    def aug(t, s, *ps):
+        y, a = s[:n], s[n : 2 * n]
+        with torch.enable_grad():
+            yr = y.detach().view(shape).requires_grad_(True)
+            fy = func(t, yr)
+            inputs = [yr, *ps]
+            grads = torch.autograd.grad(fy, inputs, a.view(shape), allow_unused=True)
+        parts = [fy.detach()] + [-(torch.zeros_like(x) if g is None else g) for g, x in zip(grads, inputs)]
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    return aug
+
+
+def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0: torch.Tensor, f0: torch.Tensor,
+                        rtol: float, atol: float, opts: SolverOptions, blocks: Sequence[Tuple[int, int]],
+                        ratio: Callable, record: Record = None) -> Optional[List[torch.Tensor]]:
+    """One save interval of BacksolveAdjoint's backward solve on the compiled adaptive
+    step (``make_step`` of :func:`make_backsolve_rhs` with the mixed ``ratio``); None
+    (with a :class:`CompileFallbackWarning`) when func cannot be captured. ``rhs`` is the
+    eager :class:`~.adjoints.continuous.AdjointRHS` (its ``func``, ``params``, ``shape``
+    and nfe count): it made ``f0`` (with its graph check) and makes the initial-step probe."""
+    settings = compile_settings(opts.compile)
+    func, ps = rhs.func, rhs.params
+    table, inner, prefix = _cache_slot(func)
+    key = prefix + ("backsolve", tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
+                    tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    entry = table.get(key)
+    if entry is None:
+        ctl = PIController.for_method(tab.error_order, opts)
+        fn = _fresh_code(make_step(tab, make_backsolve_rhs(func, tuple(rhs.shape), rhs.n), ctl, opts.max_step, ratio))
+        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    cfg = torch._dynamo.config
+    before = cfg.trace_autograd_ops
+    cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
+    try:
+        return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
+                                  entry=entry, extra=tuple(ps))
+    finally:
+        cfg.trace_autograd_ops = before
 
 
 def _warn_fallback(reason: str, stacklevel: int = 4) -> None:
@@ -449,6 +515,23 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry)
 
 
+#: torch.compile modes that capture CUDA graphs (torch/_inductor/__init__.py, list_mode_options).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def fixed_step_settings(settings: Dict[str, Any], device: torch.device, grad: bool) -> Dict[str, Any]:
+    """torch.compile keywords of the fixed-step path: on CUDA, without a graph to build
+    (no_grad: a plain solve, every adjoint's forward pass), ``mode="reduce-overhead"``
+    unless the user chose a mode, so each step is one CUDA graph replay (one launch
+    instead of one per kernel). The step grid is known before the loop and a step reads
+    no host value, so nothing in the loop waits on the device. With grad enabled each
+    call's saved activations would pin a new graph recording per step, so the default
+    mode stays."""
+    if device.type == "cuda" and not grad and "mode" not in settings:
+        return {**settings, "mode": "reduce-overhead"}
+    return settings
+
+
 def make_fixed_step(tab: ButcherTableau, func: Callable) -> Callable:
     """``step(t, h, t_next, y, k0) -> (y_next, ks, f(t_next, y_next))``: one step of a
     fixed-step table as one traceable function of 0-d float64 tensors. The next step's
@@ -482,7 +565,8 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
             f"the fixed-step grid has {len(grid_f) - 1} steps, more than max_num_steps={opts.max_num_steps}: "
             "raise options['max_num_steps'], the step size, or pass fewer save times."
         )
-    settings = compile_settings(opts.compile)
+    settings = fixed_step_settings(compile_settings(opts.compile), y0.device, torch.is_grad_enabled())
+    graphed = settings.get("mode") in CUDA_GRAPH_MODES
     table, inner, prefix = _cache_slot(rhs.func)
     key = prefix + ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
                     tuple(sorted((k, repr(v)) for k, v in settings.items())))
@@ -499,10 +583,17 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     y, k0, i = y0, f0, 1
     for j in range(len(grid_f) - 1):
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were copied
         out = _call(entry, times[j], steps[j], times[j + 1], y, k0)
         if out is None:
             return None
-        y_next, ks, k_next = out
+        if graphed:
+            # A CUDA graph replays into the same output buffers: keep copies of what
+            # outlives this step (the next call's inputs, and the record's stages).
+            y_next, ks, k_next = out[0].clone(), [k.clone() for k in out[1]] if record is not None else out[1], out[2].clone()
+        else:
+            y_next, ks, k_next = out
         rhs.nfe += tab.stages
         h_f = grid_f[j + 1] - grid_f[j]
         saves, i = _saves_in_step(ts, ts, i, grid_f[j], h_f, grid_f[j + 1], direction, True)

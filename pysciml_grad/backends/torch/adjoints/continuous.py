@@ -41,6 +41,7 @@ from .. import progress
 from ..callbacks import StepCallbacks
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
+from .. import compiled
 from ..tableaus import ButcherTableau
 from ..implicit.method import ImplicitRK
 from ..implicit.jacobian import strategy_from_options
@@ -227,6 +228,18 @@ class BackwardSolver:
         n_state = 2 if rhs.trajectory is None else 1  # [y, a, g] (backsolve) or [a, g]
         return mixed_ratio(blocks, self.rtol, self.atol, norm, n_state, tuple(rhs.shape))
 
+    def _compiled(self, rhs: Callable) -> bool:
+        """options['compile'] and a backward solve the compiled adaptive step can run:
+        BacksolveAdjoint's (its state [y, a, g] is self-contained; the interpolating
+        adjoints read y(t) from the forward's dense output by a host-side search over
+        float times, which a traced step cannot do), an explicit RK table, the mixed RMS
+        norm, no adjoint step callbacks, no stop points."""
+        opts = self.opts
+        return bool(opts.compile and self.method.adaptive and self.method.tableau is not None
+                    and isinstance(rhs, AdjointRHS) and rhs.trajectory is None and rhs.known is None
+                    and opts.norm is None and not opts.jump_t and not opts.step_t and not opts.accept_min_step
+                    and rhs.callbacks.step is None and rhs.callbacks.accept is None and rhs.callbacks.reject is None)
+
     def integrate(self, rhs: Callable, s0: torch.Tensor, t_from: float, t_to: float, blocks: Blocks,
                   record: Record = None) -> torch.Tensor:
         reached = [t_from]
@@ -241,7 +254,13 @@ class BackwardSolver:
             f0 = rhs(t_from, s0)
             if not bool(torch.isfinite(f0).all()):
                 raise nonfinite_adjoint(self.name, f"at t={t_from:.6g} (start of a backward interval)")
-            if self.method.adaptive:
+            ys = None
+            if self._compiled(rhs):
+                ys = compiled.integrate_backsolve(rhs, self.method.tableau, t_from, t_to, s0, f0, self.rtol, self.atol,
+                                                  self.opts, blocks, self._ratio(rhs, blocks), rec)
+            if ys is not None:
+                pass
+            elif self.method.adaptive:
                 ys = integrate_adaptive(
                     rhs, self.method.tableau, [t_from, t_to], s0, f0, self.rtol, self.atol, self.opts,
                     False, Counters(), rec, ratio_fn=self._ratio(rhs, blocks),
