@@ -157,7 +157,8 @@ def header(title, desc, dev, reps):
         "",
         f"{desc}, device {dev}, 1 thread, minimum of {reps} round-robin repetitions, torch {torch.__version__}. "
         f"Machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-        "(shared with other jobs: absolute times are inflated, ratios from the same run hold better).",
+        "(shared with other jobs: absolute times are inflated, ratios from the same run hold better). "
+        f"Inductor cache for the compile cost: {'warm (--warm-cache)' if '--warm-cache' in sys.argv else 'cold (a fresh TORCHINDUCTOR_CACHE_DIR)'}.",
         "",
     ]
 

@@ -47,6 +47,17 @@ def scipy_reference(y0: np.ndarray, t: np.ndarray) -> np.ndarray:
     return sol.y.T.reshape(len(t), *y0.shape)
 
 
+def past_audits(func):
+    """Count the first FULL_AUDITS backward passes of ``func`` as done: those replay
+    eagerly with every graph checked (``discover.audit_everything``); later ones take the
+    compiled replay, which these tests are about."""
+    from pysciml_grad.backends.torch.discover import FULL_AUDITS, audit_everything
+
+    for _ in range(FULL_AUDITS):
+        audit_everything(func)
+    return func
+
+
 FUNC = Linear()
 Y0 = torch.tensor([[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], dtype=torch.float64)
 
@@ -95,6 +106,7 @@ def test_checkpoint_adjoint_gradient_matches_eager():
     # The forward records the same accepted steps and the compiled replay is the same step
     # map, so the gradient equals the eager one to rounding.
     t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
+    past_audits(FUNC)
     grads = []
     for opt in ({"compile": EAGER}, {}):
         FUNC.zero_grad()
@@ -124,6 +136,7 @@ def test_checkpoint_adjoint_compiled_vjp_float32_and_closure_tensor():
     def func(t, y):
         return torch.tanh(y @ W.T) + 0.1 * torch.sin(t)
 
+    past_audits(func)
     t = torch.tensor([0.0, 2.0])
     out = []
     for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
@@ -255,6 +268,7 @@ def test_backsolve_backward_runs_on_the_compiled_step_and_matches_eager():
     # its VJPs traced, mixed block norm in the graph): same steps as the eager backward
     # solve (the controller is the same arithmetic), gradients equal to rounding.
     t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
+    past_audits(FUNC)
     out = []
     for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
         FUNC.zero_grad()
@@ -282,3 +296,25 @@ def test_stop_points_run_eagerly_with_a_warning():
             with pytest.warns(CompileFallbackWarning, match="jump_t"):
                 ys = psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options={**opt, "compile": EAGER})
             assert torch.equal(ys, psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options=opt))
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_checkpoint_adjoint_dense_saves_replay_on_the_compiled_vjp():
+    # 41 save times: most accepted steps serve dense saves. Their cotangents seed the
+    # stages inside the compiled VJP (h W^T G); the gradient equals the eager replay's.
+    t = torch.linspace(0.0, 2.0, 41, dtype=torch.float64)
+    weight = torch.arange(41.0, dtype=torch.float64)[:, None, None]
+    past_audits(FUNC)
+    grads = []
+    for opt in ({"compile": EAGER}, {}):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.CheckpointAdjoint(), options=opt)
+        (ys.square() * weight).sum().backward()
+        grads.append((y0.grad.clone(), FUNC.A.grad.clone()))
+    for g_c, g_e in zip(*grads):
+        assert torch.allclose(g_c, g_e, rtol=1e-12, atol=1e-12)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    dense = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay_vjp_dense"]
+    assert dense and dense[0].calls > 0 and dense[0].broken is None

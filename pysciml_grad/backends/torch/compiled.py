@@ -424,24 +424,32 @@ def make_replay(tab: ButcherTableau, func: Callable) -> Callable:
     return replay
 
 
-def make_replay_vjp(tab: ButcherTableau, func: Callable) -> Callable:
-    """``replay_vjp(t, h, y, a, g, ps) -> (a_y, g_new)``: one accepted step's adjoint update
+def make_replay_vjp(tab: ButcherTableau, func: Callable, seeded_stages: int = 0) -> Callable:
+    """``replay_vjp(t, h, y, a, g, ps[, c]) -> (a_y, g_new)``: one accepted step's adjoint update
 
-        a_y = (dPhi/dy)^T a,    g_new_k = g_k + (dPhi/dp_k)^T a,
+        a_y = (dPhi/dy)^T a + sum_i (dk_i/dy)^T c_i,
+        g_new_k = g_k + (dPhi/dp_k)^T a + sum_i (dk_i/dp_k)^T c_i,
 
-    for ``y_next = Phi(t, h, y; ps)`` the step of ``tab`` (ACA / ANODE's backward, see
-    ``adjoints/checkpoint.py``), forward stages and their vector-Jacobian product traced
-    into one graph (``torch.autograd.grad`` inside the compiled region, dynamo's
-    ``trace_autograd_ops``). A replayed step is then one compiled call: no autograd graph
-    is built or walked per step on the host, and the accumulation into ``g`` is fused in.
-    Parameters func does not reach give no term (``allow_unused``)."""
-    c, a, b = tab.c, tab.a, tab.b
+    for ``y_next = Phi(t, h, y; ps)`` the step of ``tab`` with stages ``k_i`` (ACA /
+    ANODE's backward, see ``adjoints/checkpoint.py``), forward stages and their
+    vector-Jacobian product traced into one graph (``torch.autograd.grad`` inside the
+    compiled region, dynamo's ``trace_autograd_ops``). A replayed step is then one
+    compiled call: no autograd graph is built or walked per step on the host, and the
+    accumulation into ``g`` is fused in. ``seeded_stages = m > 0``: the first m stages
+    get the seeds ``c`` (an ``(m, *y.shape)`` tensor), the dense saves of the step: a save
+    y_n + h sum_i b_i(theta) k_i with cotangent G passes h b_i(theta) G to k_i and G to y_n
+    (the caller adds that last term). Parameters func does not reach give no term."""
+    c, a, b, fsal = tab.c, tab.a, tab.b, tab.fsal
 
-    def replay_vjp(t, h, y, a_next, g, ps):
+    def replay_vjp(t, h, y, a_next, g, ps, stage_seeds=None):
         with torch.enable_grad():
             y_in = y.detach().requires_grad_(True)
-            y_next = _rk_step(func, c, a, b, t, h, y_in, func(t.to(y.dtype), y_in))[0]
-            grads = torch.autograd.grad(y_next, [y_in, *ps], a_next, allow_unused=True)
+            y_next, ks = _rk_step(func, c, a, b, t, h, y_in, func(t.to(y.dtype), y_in), fsal)
+            outs, seeds = [y_next], [a_next]
+            if seeded_stages:
+                outs += ks[:seeded_stages]
+                seeds += list(stage_seeds.unbind(0))
+            grads = torch.autograd.grad(outs, [y_in, *ps], seeds, allow_unused=True)
         a_y = torch.zeros_like(y) if grads[0] is None else grads[0]
         return a_y, [gk if dk is None else gk + dk for gk, dk in zip(g, grads[1:])]
 
@@ -454,20 +462,44 @@ class CompiledReplay:
     cannot be captured."""
 
     def __init__(self, entry: CompiledStep, dtype: torch.dtype, device: torch.device, n_stages: int,
-                 vjp_entry: Optional[CompiledStep] = None):
+                 vjp_entry: Optional[CompiledStep] = None, dense_entry: Optional[CompiledStep] = None,
+                 dense_tab: Optional[ButcherTableau] = None):
         self.entry, self.device, self.n_stages = entry, device, n_stages
         self.vjp_entry = vjp_entry
+        self.dense_entry, self.dense_tab = dense_entry, dense_tab
+        self.dense_table = None if dense_tab is None else torch.tensor(dense_tab.dense, dtype=torch.float64)
 
     def times(self, values: Sequence[float]) -> Tuple[torch.Tensor, ...]:
         """``values`` as 0-d float64 device tensors, made by one copy (not one per step)."""
         return torch.tensor(list(values), dtype=torch.float64, device=self.device).unbind(0)
+
+    def dense_vjp(self, t: torch.Tensor, h: float, y: torch.Tensor, a_next: torch.Tensor, g: List[torch.Tensor],
+                  ps: List[torch.Tensor], thetas: Sequence[float], seeds: torch.Tensor):
+        """The update of a step that also serves dense saves at ``thetas`` with cotangents
+        ``seeds`` (``(len(thetas), *y.shape)``): the saves y_n + h W K, W[j, i] = b_i(theta_j)
+        (``stepping.dense_eval_many``) seed the stages with h W^T G and y_n with sum_j G_j.
+        None when the table has no continuous extension or capture fails."""
+        if self.dense_entry is None or self.dense_entry.broken is not None:
+            return None
+        table = self.dense_table
+        th = torch.tensor(list(thetas), dtype=torch.float64)
+        w = (th[:, None] ** torch.arange(1, table.shape[1] + 1, dtype=torch.float64)) @ table.T  # (saves, stages)
+        flat = seeds.reshape(len(thetas), -1)
+        stage_seeds = (w.T * h).to(device=y.device, dtype=y.dtype) @ flat
+        out = self._run(self.dense_entry, t, torch.tensor(h, dtype=torch.float64, device=self.device), y, a_next, g,
+                        ps, stage_seeds.reshape(table.shape[0], *y.shape))
+        if out is None:
+            return None
+        return out[0] + flat.sum(0).view_as(y), out[1]
 
     def vjp(self, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, a_next: torch.Tensor,
             g: List[torch.Tensor], ps: List[torch.Tensor]) -> Optional[Tuple[torch.Tensor, List[torch.Tensor]]]:
         """:func:`make_replay_vjp`'s update on the compiled graph, or None when it cannot be
         captured (the caller then replays with autograd; no warning: that path is compiled
         too)."""
-        entry = self.vjp_entry
+        return self._run(self.vjp_entry, t, h, y, a_next, g, ps)
+
+    def _run(self, entry: Optional[CompiledStep], *args):
         if entry is None or entry.broken is not None:
             return None
         # torch.autograd.grad is traced only with this dynamo switch (torch/_dynamo/config.py,
@@ -477,7 +509,7 @@ class CompiledReplay:
         before = cfg.trace_autograd_ops
         cfg.trace_autograd_ops = True
         try:
-            out = entry.fn(t, h, y, a_next, g, ps)
+            out = entry.fn(*args)
         except Exception as exc:
             if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
                 raise
@@ -497,8 +529,11 @@ class CompiledReplay:
         return _call(entry, tt, hh, y)
 
 
-def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor) -> CompiledReplay:
-    """The cached compiled replay step (see :func:`make_replay`), keyed as :func:`compiled_step`."""
+def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
+                    full_tab: Optional[ButcherTableau] = None) -> CompiledReplay:
+    """The cached compiled replay step (see :func:`make_replay`) and its VJP forms
+    (:func:`make_replay_vjp`: ``tab``, and ``full_tab`` with its dense stages seeded when
+    that table has a continuous extension), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile)
     table, inner, prefix = _cache_slot(func)
     rest = (tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
@@ -512,7 +547,15 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     if vjp_entry is None:
         fn = _fresh_code(make_replay_vjp(tab, func))
         vjp_entry = table[vkey] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
-    return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry)
+    dense_entry = None
+    if full_tab is not None and full_tab.dense is not None:
+        dkey = prefix + ("replay_vjp_dense", full_tab) + rest[1:]
+        dense_entry = table.get(dkey)
+        if dense_entry is None:
+            fn = _fresh_code(make_replay_vjp(full_tab, func, len(full_tab.dense)))
+            dense_entry = table[dkey] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry, dense_entry,
+                          full_tab if dense_entry is not None else None)
 
 
 #: torch.compile modes that capture CUDA graphs (torch/_inductor/__init__.py, list_mode_options).

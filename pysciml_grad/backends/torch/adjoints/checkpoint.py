@@ -205,26 +205,34 @@ class CheckpointStrategy:
         counter = Counter()
         check_every = 1 if y0.device.type == "cpu" else 16
         audit_all = audit_everything(self.problem.func)
-        # options['compile']: a step with no dense save is replayed as one compiled call
-        # returning its vector-Jacobian product (compiled.make_replay_vjp). That call
-        # captured func in one graph (fullgraph): func has no data-dependent Python branch,
-        # so it reads the same tensors at every t as at t0, where discovery found them;
-        # check_graph's eager replay is not needed. When the call cannot be captured, steps
-        # are replayed with autograd on the compiled step (the first one eagerly, for
-        # check_graph's watch).
+        # options['compile']: each step is replayed as one compiled call returning its
+        # vector-Jacobian product (compiled.make_replay_vjp; a step serving dense saves
+        # seeds its stages, for tables with a continuous extension). Not while the first
+        # backward passes of func audit every replayed graph (audit_all, eager under the
+        # watch). After those, not even the first replayed step is replayed eagerly for
+        # check_graph: the compiled call captured func in one graph (fullgraph), so func
+        # has no data-dependent Python branch and reads the same tensors at every t as at
+        # t0, where discovery found them. When the call cannot be captured, steps are
+        # replayed with autograd on the compiled step (the first one eagerly).
         fast = None
         if (self.opts.compile and isinstance(self.tab, ButcherTableau) and self.rng is None and tv is None
                 and not getattr(self.opts, "perturb", False)):
-            fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0)
+            fast = compiled.compiled_replay(self.short_tab, self.problem.func, self.opts, y0, self.tab)
             t_dev = fast.times(m.t for m in self.steps)
             h_dev = fast.times(m.h for m in self.steps)
         for count, (n, state) in enumerate(reverse(N, self.store.states, self._advance(rhs), self.budget, counter)):
             saves = self.steps[n].saves
-            if fast is not None and all(th == 1.0 for _, th in saves) and not any(self.steps[n].perturb):
+            if fast is not None and not audit_all and not any(self.steps[n].perturb):
                 a_next = adj[0]
-                for i, _ in saves:
-                    a_next = a_next + grad_ys[i]
-                out = fast.vjp(t_dev[n], h_dev[n], state[0], a_next, g_ps, ps)
+                for i, th in saves:
+                    if th == 1.0:
+                        a_next = a_next + grad_ys[i]
+                dense = [(i, th) for i, th in saves if th != 1.0]
+                if not dense:
+                    out = fast.vjp(t_dev[n], h_dev[n], state[0], a_next, g_ps, ps)
+                else:
+                    out = fast.dense_vjp(t_dev[n], self.steps[n].h, state[0], a_next, g_ps, ps, [th for _, th in dense],
+                                         grad_ys[[i for i, _ in dense]])
                 if out is not None:
                     adj, g_ps = (out[0],), out[1]
                     rhs.nfe += fast.n_stages
