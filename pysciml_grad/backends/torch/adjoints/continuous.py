@@ -232,11 +232,12 @@ class BackwardSolver:
         """options['compile'] and a backward solve the compiled adaptive step can run:
         BacksolveAdjoint's (its state [y, a, g] is self-contained; the interpolating
         adjoints read y(t) from the forward's dense output by a host-side search over
-        float times, which a traced step cannot do), an explicit RK table, the mixed RMS
+        float times, which a traced step cannot do), an explicit RK table (not Rosenbrock), the mixed RMS
         norm, no adjoint step callbacks, no stop points; not while the first backward
         passes of func check every evaluation's graph (``discover.audit_everything``)."""
         opts = self.opts
-        return bool(opts.compile and self.method.adaptive and self.method.tableau is not None
+        return bool(opts.compile and self.method.adaptive and isinstance(self.method.tableau, ButcherTableau)
+                    and self.method.adams is None
                     and isinstance(rhs, AdjointRHS) and rhs.trajectory is None
                     and not rhs.audit_all and (rhs.known is None or rhs.checked_once)
                     and opts.norm is None and not opts.jump_t and not opts.step_t and not opts.accept_min_step
