@@ -51,7 +51,6 @@ from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
 from ..discover import Watch, audit_everything, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
-from ..tableaus import ButcherTableau
 from . import recompute
 from ..callbacks import NAMES as _CB
 from .. import compiled, progress
