@@ -184,3 +184,20 @@ def test_compile_option_falls_back_to_the_eager_newton_loop():
     assert torch.equal(ys, eager)
     (g,) = torch.autograd.grad(ys.sum(), [w])
     assert torch.isfinite(g)
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "trapezoid", "radauIIA5", "trbdf2"])
+def test_perturb_keeps_every_evaluation_off_the_grid_points(method):
+    """options perturb: f (stages and Jacobians alike) is never evaluated on a grid point,
+    where f may jump (torchdiffeq master's test_odeint_perturb)."""
+    seen = []
+
+    def f(t, y):
+        seen.append(float(t))
+        return -y
+
+    grid = torch.tensor([0.0, 0.5, 1.0], dtype=D)
+    psg.odeint(f, torch.ones(2, dtype=D), grid, method=method, options={"perturb": True})
+    seen = seen[1:]  # the first call checks func's output at t0 (every method makes it)
+    assert seen and not any(x in (0.0, 0.5, 1.0) for x in seen), sorted(set(seen))
+

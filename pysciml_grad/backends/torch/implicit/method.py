@@ -103,13 +103,13 @@ class ImplicitRK:
         return ImplicitRK(self.table, self.jacobian, rtol, atol, self.max_iters)
 
     # ------------------------------------------------------------ Jacobians
-    def _jac(self, rhs: Callable, t: float, y: torch.Tensor) -> torch.Tensor:
+    def _jac(self, rhs: Callable, t: Scalar, y: torch.Tensor) -> torch.Tensor:
         self.n_jac += 1
         own = getattr(rhs, "newton_jacobian", None)  # the adjoint systems supply theirs
         with torch.no_grad():
             return own(t, y, self.jacobian) if own is not None else self.jacobian(rhs, t, y)
 
-    def _refresh(self, rhs: Callable, t: float, y: torch.Tensor) -> None:
+    def _refresh(self, rhs: Callable, t: Scalar, y: torch.Tensor) -> None:
         self._J = self._jac(rhs, t, y)
         self._n_state = y.numel()
         self._fresh = True
@@ -144,11 +144,13 @@ class ImplicitRK:
         if k0 is None:
             k0 = rhs(nudge(t, t + h, y) if perturb_start else t, y)
         t_f, h_f = _f(t), _f(h)
+        # J at the step's start, seen from inside the step when f may jump at t (perturb).
+        t_jac = nudge(t, t + h, y) if perturb_start else t_f
         yd, k0d = y.detach(), k0.detach()
         scale = newton.error_scale(yd, self.rtol, self.atol)
         with torch.no_grad():
             if self._J is None or self._J.dtype != y.dtype or self._n_state != y.numel():
-                self._refresh(rhs, t_f, yd)
+                self._refresh(rhs, t_jac, yd)
             else:
                 self._fresh = False
             for attempt in (("fresh", "full") if self._fresh else ("cached", "fresh", "full")):
@@ -158,7 +160,7 @@ class ImplicitRK:
                 except SingularMatrixError:
                     if attempt == "full":
                         raise
-                    self._refresh(rhs, t_f, yd)
+                    self._refresh(rhs, t_jac, yd)
                 except _Diverged as err:
                     if attempt == "full":
                         raise NewtonConvergenceError(
@@ -168,7 +170,7 @@ class ImplicitRK:
                             "finer grid t), raise options['max_iters'], or check func for a discontinuity there"
                         ) from None
                     if not self._fresh:
-                        self._refresh(rhs, t_f, yd)
+                        self._refresh(rhs, t_jac, yd)
             if worst > newton.SLOW_RATE:
                 self._J = None  # converged slowly: evaluate J afresh at the next step
         Ks = self._attach_gradient(rhs, t, y, h, K) if torch.is_grad_enabled() else list(K.unbind(0))
@@ -205,7 +207,7 @@ class ImplicitRK:
                     return Ki - rhs(ti, base + gh * Ki)
 
                 def solver_at(Ki, base=base, ti=ti, gh=gh):
-                    return self._factor(self._jac(rhs, _f(ti), base + gh * Ki), gh, t).solve
+                    return self._factor(self._jac(rhs, ti, base + gh * Ki), gh, t).solve
 
                 guess = Ks[-1] if Ks else k0
                 res = newton.iterate(residual, M.solve, guess, h, scale, iters, solver_at if full else None)
@@ -223,7 +225,7 @@ class ImplicitRK:
         def solver_at(K):
             # One Jacobian per stage at the current iterate: the exact dG/dK (CollocationMatrix).
             Ks = K.unbind(0)
-            Js = torch.stack([self._jac(rhs, _f(ti), lincomb(y, h, row, Ks)) for ti, row in zip(times, tab.a)])
+            Js = torch.stack([self._jac(rhs, ti, lincomb(y, h, row, Ks)) for ti, row in zip(times, tab.a)])
             return self._factor(Js, h, t).solve
 
         res = newton.iterate(residual, M.solve, k0.unsqueeze(0).expand(s, *k0.shape).clone(), h, scale, iters,
@@ -249,7 +251,7 @@ class ImplicitRK:
         G = K - F
         t_f, h_f = _f(t), _f(h)
         # Exact per-stage Jacobians at the converged stages (an explicit row's is never used).
-        Js = [self._jac(rhs, _f(ti), Yi.detach()) if any(a != 0.0 for a in row) else None
+        Js = [self._jac(rhs, ti, Yi.detach()) if any(a != 0.0 for a in row) else None
               for ti, Yi, row in zip(times, Y, tab.a)]
         like = next(J for J in Js if J is not None)
         Js = torch.stack([torch.zeros_like(like) if J is None else J for J in Js])

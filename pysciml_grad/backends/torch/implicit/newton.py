@@ -34,6 +34,8 @@ KAPPA = 1e-2
 #: rtol used by the scaled norm is at least this many units of roundoff, so that an
 #: iterate at rounding level counts as converged whatever rtol the user asked for.
 ROUNDOFF_UNITS = 1e3
+#: An increment within this many units of roundoff of the iterate (max norms) is noise.
+STAGNATION_UNITS = 16
 #: theta above this on a converged solve: the Jacobian is refreshed before the next step.
 SLOW_RATE = 0.5
 
@@ -75,6 +77,10 @@ def iterate(residual: Callable[[torch.Tensor], torch.Tensor], solve: Callable[[t
         if not math.isfinite(norm):
             return NewtonResult(K, False, k, math.inf)
         if norm <= KAPPA * 1e-2:  # also ends a run at rounding level, where theta is noise
+            return NewtonResult(K, True, k, worst)
+        if float(dK.abs().max()) <= STAGNATION_UNITS * torch.finfo(K.dtype).eps * float(K.abs().max()):
+            # The increment is rounding noise of the iterate itself (float32, or an entry whose
+            # tolerance scale atol is far below its stage derivative's rounding): nothing to gain.
             return NewtonResult(K, True, k, worst)
         if prev is not None:
             theta = norm / prev if prev > 0 else 0.0
