@@ -172,7 +172,8 @@ def latent_markdown(r) -> str:
 
 
 BLOCKS = {"ude_lotka_volterra": ude_markdown, "audit_ude": audit_markdown, "three_body_masses": three_body_markdown,
-          "aca_digits": aca_markdown, "latent_ode_irregular": latent_markdown, "audit_latent_ode": audit_markdown}
+          "aca_digits": aca_markdown, "latent_ode_irregular": latent_markdown, "audit_latent_ode": audit_markdown,
+          "audit_conv_block": audit_markdown}
 
 
 def main() -> None:

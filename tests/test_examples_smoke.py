@@ -179,3 +179,23 @@ def test_audit_latent_ode_script_defines_the_example_problem():
     l32 = float(ns["loss"](ys))
     l64 = float(ns["loss"](ys.double()))
     assert abs(l32 - l64) < 1e-5 * l64
+
+
+def test_audit_conv_block_script_defines_the_digits_block_problem():
+    """The audited problem is the digits network's: y(1) of its ODE block through its head is
+    the network's output (same loss as the network's cross-entropy)."""
+    pytest.importorskip("sklearn")
+    import runpy
+
+    import torch
+    import torch.nn.functional as F
+
+    import pysciml_grad as psg
+
+    ns = runpy.run_path(str(EXAMPLES / "audit_conv_block.py"), run_name="__audit__")
+    net, x, labels = ns["_net"], ns["_Xte"][:8], ns["_labels"]
+    ys = psg.odeint(ns["func"], ns["y0"], ns["t"], method=ns["method"], rtol=ns["rtol"], atol=ns["atol"])
+    with torch.no_grad():
+        whole = F.cross_entropy(net(x), labels)
+        assert abs(float(ns["loss"](ys)) - float(whole)) < 1e-5 * float(whole)
+        assert abs(float(ns["loss"](ys.double())) - float(whole)) < 1e-5 * float(whole)
