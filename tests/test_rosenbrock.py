@@ -263,3 +263,14 @@ def test_continuous_adjoints_solve_backward_with_the_stiff_method(sensealg):
     diff = (grads[0] - grads[1]).abs()
     assert float(diff.max()) < 1e-6 * float(grads[0].abs().max()), grads
     assert float((diff / grads[0].abs()).max()) < 1e-4, grads
+
+
+def test_random_func_with_checkpoint_adjoint_is_refused_with_advice():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 2)).to(D)
+    y0 = torch.tensor([1.0, 2.0], dtype=D, requires_grad=True)
+    t = torch.tensor([0.0, 0.1], dtype=D)
+    with pytest.raises(psg.errors.UnsupportedSensitivityError, match="DirectAD"):
+        psg.odeint(lambda s, y: -10 * y + 0.1 * net(y), y0, t, method="rodas5p")
+    net.eval()  # the advice: no random draws, and the same solve works
+    ys = psg.odeint(lambda s, y: -10 * y + 0.1 * net(y), y0, t, method="rodas5p")
+    assert torch.autograd.grad(ys.sum(), y0)[0].shape == (2,)

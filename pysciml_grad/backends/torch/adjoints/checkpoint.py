@@ -45,10 +45,11 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from ....errors import InvalidProblemError
+from ....errors import InvalidProblemError, UnsupportedSensitivityError
 from ....problem import ODEProblem, SolveStats
 from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
+from ..rosenbrock import RosenbrockTableau
 from ..discover import Watch, audit_everything, check_graph, rng_state, set_rng_state
 from ..adams import ADAMS_METHODS
 from . import recompute
@@ -94,6 +95,14 @@ class CheckpointStrategy:
 
         problem = self.problem
         found = self.discovery
+        if found is not None and found.random and isinstance(self.tab, RosenbrockTableau):
+            # RNGRecord matches draws to the stages' f outputs; a Rosenbrock step also
+            # evaluates func inside its Jacobian, and its stages are increments, not f values.
+            raise UnsupportedSensitivityError(
+                f"{NAME} cannot replay the random numbers func draws (dropout or randn in training mode) "
+                f"through method {self.method.name!r}, whose steps also evaluate func inside the Jacobian: "
+                "solve with the model in eval() mode, or use sensealg=psg.DirectAD()"
+            )
         if found is not None and found.random:
             self.rng = RNGRecord(problem.func, found.devices, self.f0, found.rng_before)
             problem = replace(problem, func=self.rng)
