@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torchdiffeq_suite import ROOT, SHIM  # noqa: E402  (the shim is shared, not copied)
+from torchdiffeq_suite import ROOT, SHIM, write_block  # noqa: E402  (the shim is shared, not copied)
 
-DOCS = ROOT / "docs" / "from-torchdiffeq.md"
 BEGIN, END = "<!-- examples begin -->", "<!-- examples end -->"
 MIRROR = Path("/work/.mirror")
 
@@ -140,14 +139,7 @@ def docs_block(results, commit: str, ours_commit: str, rounds: int, threads: int
 
 
 def write_docs(block: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = f"{head}{BEGIN}\n{block}\n{END}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n## torchdiffeq's examples\n\n{BEGIN}\n{block}\n{END}\n"
-    DOCS.write_text(text)
+    write_block(BEGIN, END, block, heading="## torchdiffeq's examples\n\n")
 
 
 def main(argv=None) -> int:

@@ -134,16 +134,21 @@ def docs_block(suite: str, impl: str, results: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(suite: str, block: str) -> None:
-    begin, end = f"<!-- suite {suite} begin -->", f"<!-- suite {suite} end -->"
+def write_block(begin: str, end: str, block: str, heading: str = "") -> None:
+    """Put ``block`` between the ``begin`` and ``end`` markers of DOCS; where they are missing, append
+    ``heading`` and the marked block (torchdiffeq_examples.py writes its table the same way)."""
     text = DOCS.read_text() if DOCS.exists() else ""
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)
         text = f"{head}{begin}\n{block}\n{end}{tail}"
     else:
-        text = f"{text.rstrip()}\n\n{begin}\n{block}\n{end}\n"
+        text = f"{text.rstrip()}\n\n{heading}{begin}\n{block}\n{end}\n"
     DOCS.write_text(text)
+
+
+def write_docs(suite: str, block: str) -> None:
+    write_block(f"<!-- suite {suite} begin -->", f"<!-- suite {suite} end -->", block)
 
 
 def main(argv=None) -> int:
