@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import math
 import os
@@ -67,6 +68,14 @@ def _short_exc(exc: BaseException) -> str:
     msg = f"{type(exc).__name__}: {exc}".strip()
     msg = " ".join(msg.split())
     return msg[:300]
+
+
+def _require(module: str):
+    """Import an optional peer library, or raise NotAvailable so that its row says why it did not run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise NotAvailable(_short_exc(exc)) from exc
 
 
 def _sync(device: str) -> None:
@@ -200,10 +209,7 @@ def _ours(sensealg_name: str, n_steps: Optional[int] = None):
 
 def _torchdiffeq(adjoint: bool):
     def build(prob: Problem, f: Counted):
-        try:
-            import torchdiffeq
-        except ImportError as exc:
-            raise NotAvailable(_short_exc(exc)) from exc
+        torchdiffeq = _require("torchdiffeq")
         solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
         kw: Dict[str, Any] = {}
         if prob.step_size is not None:
@@ -221,10 +227,7 @@ def _torchdiffeq(adjoint: bool):
 
 def _torchode():
     def build(prob: Problem, f: Counted):
-        try:
-            import torchode as to
-        except ImportError as exc:
-            raise NotAvailable(_short_exc(exc)) from exc
+        to = _require("torchode")
         if prob.method != "dopri5":
             raise NotAvailable(f"benchmark maps only dopri5 to torchode, not {prob.method}")
         term = to.ODETerm(f)
@@ -246,10 +249,7 @@ def _torchode():
 
 def _tdep(adjoint: bool):
     def build(prob: Problem, f: Counted):
-        try:
-            import TorchDiffEqPack as tdep
-        except ImportError as exc:
-            raise NotAvailable(_short_exc(exc)) from exc
+        tdep = _require("TorchDiffEqPack")
         method = {"dopri5": "dopri5", "rk4": "rk4"}.get(prob.method)
         if method is None:
             raise NotAvailable(f"no TorchDiffEqPack method for {prob.method}")
