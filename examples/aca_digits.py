@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pysciml_grad as psg
+from _common import names, save_plot
 from loss_bar import LossBar
 
 OUT = Path(__file__).parent / "output"
@@ -313,7 +314,7 @@ def run(args):
     Xtr, ytr, Xte, yte = load_data(device)
     if args.train_size:
         Xtr, ytr = Xtr[: args.train_size], ytr[: args.train_size]
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = names(args.kinds)
     rows, robustness = [], {}
     for seed in range(args.seeds):
         for kind in kinds:
@@ -401,10 +402,7 @@ def plot(path, r):
     a2.set_ylabel("test error (%)")
     a2.set_title("trained with heun_euler, tested with ...")
     a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_plot(fig, path)
 
 
 if __name__ == "__main__":

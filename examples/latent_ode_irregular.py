@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 import pysciml_grad as psg
+from _common import names, save_plot
 from loss_bar import LossBar
 
 OUT = Path(__file__).parent / "output"
@@ -188,7 +189,7 @@ def run(args):
     true_ext = spiral(z0_true, sign, t_ext.double().cpu().expand(args.series, -1)).float().to(device)  # (B, 41, 2)
     kw = dict(method="dopri5", rtol=args.rtol, atol=args.rtol * 1e-2)
     rows, preds = [], {}
-    for name in [s.strip() for s in args.sensealgs.split(",") if s.strip()]:
+    for name in names(args.sensealgs):
         alg = SENSEALGS[name]
         torch.manual_seed(args.seed)
         model = Model().to(device)
@@ -293,10 +294,7 @@ def plot(path, t, obs, t_ext, true_ext, preds, rows):
     axes[2].set_ylabel("training loss (masked MSE)")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"latent ODE on irregular spirals: extrapolation to t = {T_EXT:g} from observations on [0, {T_OBS:g}]")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_plot(fig, path)
 
 
 if __name__ == "__main__":

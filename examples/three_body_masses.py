@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import pysciml_grad as psg
+from _common import names, save_plot
 from loss_bar import LossBar
 
 F64 = torch.float64
@@ -100,7 +101,7 @@ def main(argv=None):
     obs = true_all[: args.points, :6] + args.noise * torch.randn(args.points, 6, generator=g, dtype=F64)
     kw = dict(method="dopri5", rtol=args.rtol, atol=args.rtol * 1e-2)
     rows, fits = [], {}
-    for name in [s.strip() for s in args.sensealgs.split(",") if s.strip()]:
+    for name in names(args.sensealgs):
         alg = SENSEALGS[name]
         model = ThreeBody([0.5, 0.5, 0.5])
         row = {"sensealg": name}
@@ -172,10 +173,7 @@ def plot(path, t_all, true_all, obs, fits, n_obs):
         ax.set_title(f"{name}: predicted [T, 2T] (dashed)")
         ax.set_aspect("equal")
     fig.suptitle("three bodies: true (solid), observed on [0, T] (dots), learned-mass prediction (dashed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_plot(fig, path)
 
 
 if __name__ == "__main__":

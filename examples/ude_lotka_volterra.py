@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import pysciml_grad as psg
+from _common import save_plot
 from loss_bar import LossBar
 
 TRUE = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
@@ -288,10 +289,7 @@ def plot(path, t, clean, data, ts, states, outputs, history, model, u0, solve_kw
     ax.set_xlabel("loss evaluation")
     ax.set_title("training loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_plot(fig, path)
 
 
 if __name__ == "__main__":
