@@ -157,6 +157,19 @@ def speed_table(rounds=5):
     return lines, rounds
 
 
+T_GRADIENT = [
+    "## Gradients with respect to a 2-D `t`",
+    "",
+    "`t` of shape (B, T) may require grad, with every sensealg: a save at t_{b,i} (i >= 1, the",
+    "row's last entry t1_b included) gets dL/dt_{b,i} = <dL/dy_b(t_{b,i}), f(t_{b,i}, y_b)>, the",
+    "start of each row t0_b gets -<dL/dy0_b, f(t0_b, y0_b)> (the solution's dependence on its",
+    "initial time), padded entries 0. `func` is then evaluated once per column of `t` in the",
+    "backward pass, with `t` a (B,) tensor of each sample's own time. Tested against float64",
+    "finite differences for every sensealg (`tests/test_batching.py`); no second derivatives in `t`.",
+    "",
+]
+
+
 def main():
     torch.set_num_threads(1)
     acc = accuracy_table()
@@ -195,6 +208,7 @@ def main():
         "Per-sample step sizes (torchode's mode, where each sample steps on its own) are not",
         "implemented in pysciml_grad: its batch shares one step size.",
         "",
+        *T_GRADIENT,
     ]
     path = os.path.join(ROOT, "docs", "batching.md")
     with open(path, "w") as fh:

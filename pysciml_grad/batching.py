@@ -17,7 +17,23 @@ How it is solved, exactly (one batched solve, then a gather):
   every sample's own time (an autonomous func does not notice); the union is taken of the
   rescaled times.
 
-Differentiating with respect to a 2-D ``t`` is not supported (its entries are detached).
+Gradients with respect to a 2-D ``t`` (every sensealg): for a save at t_{b,i}, i >= 1,
+
+    dL/dt_{b,i} = <dL/dy_b(t_{b,i}), f(t_{b,i}, y_b(t_{b,i}))>,
+
+since y_b(t) solves y' = f(t, y); and for the start of the span t_{b,0} = t0_b, from
+dy_b(t)/dt0_b = -Phi_b(t, t0_b) f(t0_b, y0_b) (the solution's dependence on its initial
+time; y_b(t0_b) = y0_b itself does not move),
+
+    dL/dt0_b = -<lambda_b, f(t0_b, y0_b)>,   lambda_b = dL/dy0_b through the solve,
+
+where lambda_b is what the sensealg returns for y0 anyway. Both hold on the exact solution
+and are evaluated on the computed one (so they agree with finite differences of the solve
+to its tolerance, whichever sensealg; the span end t1_b is just its last save). They need
+f only at the saves: its T evaluations (one per column of ``t``, ``func`` receiving ``t``
+as a ``(B,)`` tensor of each sample's own time, padded entries masked) run in the backward
+pass and only when ``t`` requires grad. Second derivatives with respect to ``t`` are not
+available (the backward pass evaluates f without a graph).
 """
 
 from __future__ import annotations
@@ -38,11 +54,6 @@ def check_per_sample_times(t: torch.Tensor, y0: Any) -> Tuple[torch.Tensor, torc
         )
     if not t.is_floating_point():
         raise InvalidTimeError(f"t has dtype {t.dtype}; save times must be floating point, e.g. t.double()")
-    if t.requires_grad:
-        raise InvalidTimeError(
-            "gradients with respect to a 2-D t (per-sample save times) are not supported: pass t.detach(), "
-            "or solve each sample with its own 1-D t"
-        )
     if y0.dim() == 0 or t.shape[0] != y0.shape[0]:
         raise InvalidTimeError(
             f"t of shape {tuple(t.shape)} gives per-sample save times for {t.shape[0]} samples, but y0 has "
@@ -104,13 +115,65 @@ class RescaledFunc:
         return self.func(tau, y) * self.scale
 
 
+class _InitialTime(torch.autograd.Function):
+    """Identity on y0 whose backward adds dL/dt0_b = -<dL/dy0_b, f(t0_b, y0_b)>."""
+
+    @staticmethod
+    def forward(ctx, y0, t0, func):
+        ctx.func = func
+        ctx.save_for_backward(y0.detach(), t0.detach())
+        return y0.view_as(y0)
+
+    @staticmethod
+    def backward(ctx, g):
+        y0, t0 = ctx.saved_tensors
+        with torch.no_grad():
+            f0 = ctx.func(t0.to(device=y0.device, dtype=y0.dtype), y0)
+        g_t0 = -(g * f0).reshape(len(g), -1).sum(1)
+        return g, g_t0.to(device=t0.device, dtype=t0.dtype), None
+
+
+class _SaveTimes(torch.autograd.Function):
+    """Identity on the (T, B, ...) result whose backward adds dL/dt_{b,i} =
+    <dL/dy_b(t_{b,i}), f(t_{b,i}, y_b(t_{b,i}))> at every valid entry of t."""
+
+    @staticmethod
+    def forward(ctx, ys, t, valid, func):
+        ctx.func = func
+        ctx.save_for_backward(ys.detach(), t.detach(), valid)
+        return ys.view_as(ys)
+
+    @staticmethod
+    def backward(ctx, g):
+        ys, t_user, valid = ctx.saved_tensors
+        t = t_user.to(ys.device)
+        g_t = torch.zeros_like(t)
+        shape = (-1, *([1] * (ys.dim() - 2)))
+        with torch.no_grad():
+            for i in range(t.shape[1]):
+                ok = valid[:, i]
+                if not bool(ok.any()):
+                    continue
+                # Padded entries get sample b's start (t0_b, y_b(t0_b)): finite, then masked.
+                t_i = torch.where(ok, t[:, i], t[:, 0]).to(ys.dtype)
+                y_i = torch.where(ok.view(shape), ys[i], ys[0])
+                f_i = ctx.func(t_i, y_i)
+                g_t[:, i] = torch.where(ok, (g[i] * f_i).reshape(len(ok), -1).sum(1).to(t.dtype), 0.0)
+        return g, g_t.to(t_user.device), None, None
+
+
 def odeint_per_sample_times(odeint: Callable, func: Callable, y0: torch.Tensor, t: torch.Tensor, **kwargs):
     """``odeint`` with ``t`` of shape ``(B, T)``: see the module docstring."""
+    t_user = t
+    want_t = t.requires_grad and torch.is_grad_enabled()
     t, lengths = check_per_sample_times(t, y0)
+    if want_t:
+        y0 = _InitialTime.apply(y0, t_user[:, 0], func)
     B, T = t.shape
     rows = torch.arange(B, device=t.device)
     t0 = t[:, 0]
     t1 = t[rows, lengths - 1]
+    valid_user = ~torch.isnan(t)
     params = list(kwargs.pop("params", None) or [])
     if isinstance(func, torch.nn.Module):
         params = list(func.parameters()) + params
@@ -136,4 +199,6 @@ def odeint_per_sample_times(odeint: Callable, func: Callable, y0: torch.Tensor, 
     gathered = ys[idx.T, rows[None, :]]  # (T, B, *y0.shape[1:])
     mask = valid.T.reshape(T, B, *([1] * (y0.dim() - 1)))
     result = torch.where(mask, gathered, torch.full_like(gathered, float("nan")))
+    if want_t:
+        result = _SaveTimes.apply(result, t_user, valid_user, func)
     return (result, stats) if stats is not None else result
