@@ -15,6 +15,7 @@ from .events import odeint_event
 from .solve import odeint
 from .norms import PerSampleNorm
 from .backends.torch.implicit import BlockDiagonalJacobian, DenseJacobian, UserJacobian
+from .batching import PerSampleSteps
 from .gradaudit import AuditReport, audit
 from .training import (
     PolynomialLibrary, SparseModel, fit_lbfgs, group_ranges, multiple_shoot, shooting_initial_states, stlsq,
@@ -23,7 +24,7 @@ from .training import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_event", "odeint_dense", "DenseSolution", "PerSampleNorm", "DenseJacobian", "BlockDiagonalJacobian", "UserJacobian", "errors", "julia", "SolveStats", *_sensealg_names,
+    "odeint", "odeint_event", "odeint_dense", "DenseSolution", "PerSampleNorm", "PerSampleSteps", "DenseJacobian", "BlockDiagonalJacobian", "UserJacobian", "errors", "julia", "SolveStats", *_sensealg_names,
     "audit", "AuditReport", "multiple_shoot", "group_ranges", "shooting_initial_states", "fit_lbfgs",
     "PolynomialLibrary", "SparseModel", "stlsq",
 ]

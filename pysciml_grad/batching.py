@@ -42,7 +42,7 @@ from typing import Any, Callable, Tuple
 
 import torch
 
-from .errors import InvalidTimeError
+from .errors import InvalidTimeError, UnknownOptionError
 
 
 def check_per_sample_times(t: torch.Tensor, y0: Any) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +95,81 @@ def check_per_sample_times(t: torch.Tensor, y0: Any) -> Tuple[torch.Tensor, torc
             f"({float(t[b, k]):g}, {float(t[b, k + 1]):g}); sort each row"
         )
     return t, lengths
+
+
+class PerSampleSteps:
+    """Each sample of the batch takes its own steps: ``options={"steps": psg.PerSampleSteps()}``.
+
+    Sample b (the first dimension of y0) has its own time, step size, error ratio (the RMS
+    of its own scaled error) and accept/reject decision, as if it were solved alone
+    (torchode's mode); finished samples are frozen by masked updates, and the loop makes
+    one host synchronisation per trial step for the whole batch. ``func(t, y)`` receives
+    ``t`` as a ``(B,)`` tensor of every sample's own time and must treat the samples
+    independently. Works with 1-D ``t`` (shared save times) and with per-sample ``t`` of
+    shape ``(B, T)``; adaptive Runge-Kutta methods; ``DirectAD()`` and
+    ``CheckpointAdjoint()`` (exact: each sample replays its own accepted steps). The
+    engine is ``backends/torch/persample.py``.
+    """
+
+    def __repr__(self) -> str:
+        return "PerSampleSteps()"
+
+
+def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, atol=1e-9, sensealg=None,
+                            backend="torch", options=None, params=None):
+    """``t`` validated (B, T) on y0's device; returns the (T, B, ...) result [, stats]."""
+    from . import sensealg as sa
+    from .backends.torch import persample
+    from .backends.torch.control import SolverOptions
+    from .backends.torch.tableaus import TABLEAUS
+    from .errors import UnknownMethodError, UnsupportedSensitivityError
+    from .problem import SolveStats
+
+    if backend != "torch":
+        raise UnsupportedSensitivityError(
+            f"options['steps']=PerSampleSteps() is a feature of the torch engine, not backend={backend!r}; "
+            "use backend='torch'"
+        )
+    if method not in persample.ADAPTIVE:
+        raise UnknownMethodError(
+            f"PerSampleSteps needs an adaptive Runge-Kutta method, one of {list(persample.ADAPTIVE)}; got {method!r}"
+        )
+    extra = sorted(set(options) - set(persample.OPTIONS))
+    if extra:
+        raise UnknownOptionError(
+            f"option(s) {extra} are not available with PerSampleSteps; it takes {list(persample.OPTIONS)}"
+        )
+    sensealg = sa.CheckpointAdjoint() if sensealg is None else sensealg
+    ok = (isinstance(sensealg, sa.DirectAD) and not sensealg.through_controller) or (
+        isinstance(sensealg, sa.CheckpointAdjoint) and sensealg.max_checkpoints is None)
+    if not ok:
+        raise UnsupportedSensitivityError(
+            f"sensealg={sensealg!r} is not available with PerSampleSteps (each sample's own step "
+            "sequence is replayed or differentiated, there is no per-sample backward solve): use "
+            "psg.CheckpointAdjoint() (exact, stores every trial's state) or psg.DirectAD()"
+        )
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, torch.Tensor) and tol.numel() != 1:
+            raise InvalidTimeError(f"PerSampleSteps takes a scalar {name}, got a tensor of shape {tuple(tol.shape)}")
+    rtol, atol = float(rtol), float(atol)
+    opts = SolverOptions.from_user({k: v for k, v in options.items() if k != "steps"})
+    solver = persample.PerSampleSolver(func, TABLEAUS[method], t.to(torch.float64), lengths, rtol, atol, opts)
+    ps = list(params or [])
+    if isinstance(func, torch.nn.Module):
+        ps = list(func.parameters()) + [p for p in ps if all(p is not q for q in func.parameters())]
+    if isinstance(sensealg, sa.DirectAD):
+        blocks, rec = solver.run(y0, None)
+        ys = persample.assemble(blocks, y0, t.shape[1])
+    else:
+        ys = persample._Checkpointed.apply(solver, y0, *ps)
+        rec = solver.rec
+    if not opts.return_stats:
+        return ys
+    accepted = int(rec.n_accepted_t) if rec.n_accepted_t is not None else 0
+    tried = int(rec.n_active_t) if rec.n_active_t is not None else 0
+    stats = SolveStats(nfe=rec.nfe, n_steps=accepted, n_rejected=tried - accepted)
+    stats.extra["trials"] = len(rec.trials)
+    return ys, stats
 
 
 class RescaledFunc:
@@ -169,6 +244,15 @@ def odeint_per_sample_times(odeint: Callable, func: Callable, y0: torch.Tensor, 
     t, lengths = check_per_sample_times(t, y0)
     if want_t:
         y0 = _InitialTime.apply(y0, t_user[:, 0], func)
+    steps = (kwargs.get("options") or {}).get("steps")
+    if steps is not None:
+        if not isinstance(steps, PerSampleSteps):
+            raise UnknownOptionError(f"options['steps'] must be psg.PerSampleSteps() (or absent: one shared step size), got {steps!r}")
+        out = _per_sample_steps_solve(func, y0, t, lengths, **kwargs)
+        ys, stats = out if isinstance(out, tuple) else (out, None)
+        if want_t:
+            ys = _SaveTimes.apply(ys, t_user, ~torch.isnan(t), func)
+        return (ys, stats) if stats is not None else ys
     B, T = t.shape
     rows = torch.arange(B, device=t.device)
     t0 = t[:, 0]

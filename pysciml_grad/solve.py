@@ -55,6 +55,9 @@ def odeint(
     ys : tensor of shape ``(len(t), *y0.shape)`` (or y0's structure of such tensors);
         or ``(ys, stats)`` with ``return_stats``.
     """
+    if (isinstance(t, torch.Tensor) and t.dim() == 1 and isinstance(y0, torch.Tensor) and y0.dim() > 0
+            and (options or {}).get("steps") is not None):
+        t = t.expand(y0.shape[0], -1)  # per-sample steps on shared save times (batching.py)
     if isinstance(t, torch.Tensor) and t.dim() == 2:  # per-sample save times (batching.py)
         from .batching import odeint_per_sample_times
 

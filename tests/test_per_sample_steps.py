@@ -1,0 +1,136 @@
+"""Per-sample step sizes (``options={"steps": psg.PerSampleSteps()}``, issue 13).
+
+Oracles: each sample solved alone with its own 1-D t at the same tolerances (results and
+gradients to 1e-6 in float64), the exact solution cos(w t) of harmonic oscillators, and
+DirectAD vs CheckpointAdjoint (the same discrete map: equal to rounding).
+"""
+
+import math
+
+import pytest
+import torch
+
+import pysciml_grad as psg
+from test_batching import NAN, RAGGED_OWN_SPANS, DESCENDING, TimeDependent, oscillators
+
+STEPS = {"steps": psg.PerSampleSteps()}
+Y0 = [[0.5, -0.1], [1.0, 0.2], [-0.4, 0.8]]
+
+
+def _loss(ys):
+    w = torch.linspace(0.5, 1.5, ys.numel(), dtype=torch.float64).view(ys.shape)
+    return (torch.nan_to_num(ys) * w).sum() + torch.nan_to_num(ys[..., 1]).square().sum()
+
+
+# dopri5 (its own dense output) on every layout of t; bosh3 (Hermite dense output) on one.
+CASES = [("dopri5", RAGGED_OWN_SPANS), ("dopri5", DESCENDING), ("dopri5", "shared"), ("bosh3", RAGGED_OWN_SPANS)]
+
+
+@pytest.mark.parametrize("method, rows", CASES, ids=["dopri5-own_spans", "dopri5-descending", "dopri5-1d_t", "bosh3-own_spans"])
+@pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.CheckpointAdjoint()], ids=lambda s: type(s).__name__)
+def test_per_sample_steps_match_a_loop_of_solo_solves(rows, sensealg, method):
+    func = TimeDependent()
+    ps = list(func.parameters())
+    t = torch.tensor([0.0, 0.4, 0.9, 1.3], dtype=torch.float64) if rows == "shared" else torch.tensor(rows, dtype=torch.float64)
+    B = 3 if rows == "shared" else len(rows)
+    y0 = torch.tensor(Y0, dtype=torch.float64)[:B].requires_grad_(True)
+    # bosh3 (3rd order) at 1e-8: 1e-10 would cost ~5x the steps for no extra coverage.
+    kw = dict(rtol=1e-10 if method == "dopri5" else 1e-8, atol=1e-12, method=method)
+    ys = psg.odeint(func, y0, t, sensealg=sensealg, options=STEPS, **kw)
+    T = t.shape[-1]
+    assert ys.shape == (T, B, 2)
+    g = torch.autograd.grad(_loss(ys), [y0, *ps])
+    refs = []
+    for b in range(B):
+        tb = t if t.dim() == 1 else t[b][~torch.isnan(t[b])]
+        refs.append(psg.odeint(func, y0[b : b + 1], tb, sensealg=sensealg, **kw)[:, 0])
+        assert torch.allclose(ys[: len(tb), b], refs[-1], rtol=0, atol=1e-7)
+        assert torch.isnan(ys[len(tb) :, b]).all()
+    padded = torch.stack([torch.cat([r, torch.full((T - len(r), 2), NAN, dtype=torch.float64)]) for r in refs], 1)
+    g_ref = torch.autograd.grad(_loss(padded), [y0, *ps])
+    for a, r in zip(g, g_ref):
+        assert torch.allclose(a, r, rtol=0, atol=1e-6), (a - r).abs().max()
+
+
+def test_checkpoint_adjoint_is_the_exact_gradient_of_the_per_sample_steps():
+    func = TimeDependent()
+    ps = list(func.parameters())
+    y0 = torch.tensor(Y0, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(RAGGED_OWN_SPANS, dtype=torch.float64)
+    grads = []
+    for sensealg in (psg.DirectAD(), psg.CheckpointAdjoint()):
+        ys = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=sensealg, options=STEPS)
+        grads.append(torch.autograd.grad(_loss(ys), [y0, *ps]))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()
+
+
+def test_each_sample_keeps_its_solo_accuracy_and_step_count():
+    # One fast oscillator (w = 20) among 63 slow ones (w = 1): with per-sample steps the
+    # slow samples take their own few steps (a shared step size would give all 64 the fast
+    # one's ~500) and the fast one keeps its solo error.
+    B, rtol, atol = 64, 1e-6, 1e-9
+    t = torch.linspace(0, 5.0, 11, dtype=torch.float64)
+    opts = dict(STEPS, return_stats=True)
+    with torch.no_grad():
+        f, y0, w = oscillators(B)
+        ys, stats = psg.odeint(f, y0, t, rtol=rtol, atol=atol, options=opts)
+        solo = {}
+        for b in (0, 1):
+            fb, y0b, _ = oscillators(1, fast=20.0 if b == 0 else 1.0)
+            solo[b] = psg.odeint(fb, y0b, t, rtol=rtol, atol=atol, options=opts)
+    err = lambda out, wb: float((out[:, 0] - torch.cos(wb * t)).abs().max())  # noqa: E731
+    assert err(ys[:, 0], 20.0) <= 2 * err(solo[0][0][:, 0], 20.0)
+    assert max(err(ys[:, b], 1.0) for b in range(1, B)) <= 2 * err(solo[1][0][:, 0], 1.0)
+    own = solo[0][1].n_steps + (B - 1) * solo[1][1].n_steps
+    assert stats.n_steps == own  # every sample's own accepted steps, no more
+    assert stats.n_steps < 0.2 * B * solo[0][1].n_steps
+
+
+@pytest.mark.parametrize("sensealg", [psg.BacksolveAdjoint(), psg.InterpolatingAdjoint(), psg.QuadratureAdjoint(),
+                                      psg.CheckpointAdjoint(max_checkpoints=4)], ids=lambda s: repr(s))
+def test_per_sample_steps_refuse_the_continuous_adjoints_at_once(sensealg):
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    with pytest.raises(psg.errors.UnsupportedSensitivityError, match="CheckpointAdjoint\\(\\) .* or psg.DirectAD"):
+        psg.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), sensealg=sensealg, options=STEPS)
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(method="rk4"), psg.errors.UnknownMethodError, "adaptive Runge-Kutta"),
+    (dict(options={"steps": psg.PerSampleSteps(), "norm": psg.PerSampleNorm()}), psg.errors.UnknownOptionError, "not available with PerSampleSteps"),
+    (dict(options={"steps": "per_sample"}), psg.errors.UnknownOptionError, "must be psg.PerSampleSteps"),
+])
+def test_per_sample_steps_bad_input_raises(kw, error, match):
+    kw = dict({"options": STEPS}, **kw)
+    with pytest.raises(error, match=match):
+        psg.odeint(lambda t, y: -y, torch.ones(2, 1, dtype=torch.float64), torch.tensor([0.0, 1.0]), **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_per_sample_steps_on_cuda_match_cpu():
+    func = TimeDependent()
+    y0 = torch.tensor(Y0, dtype=torch.float64)
+    t = torch.tensor(RAGGED_OWN_SPANS, dtype=torch.float64)
+    cpu = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, options=STEPS)
+    gpu = psg.odeint(func.cuda(), y0.cuda(), t.cuda(), rtol=1e-8, atol=1e-10, options=STEPS)
+    assert torch.allclose(gpu.cpu(), cpu, rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.CheckpointAdjoint()], ids=lambda s: type(s).__name__)
+def test_per_sample_steps_gradient_with_respect_to_t(sensealg):
+    from test_batching import _time_fd, _time_loss
+
+    func = TimeDependent()
+    y0 = torch.tensor(Y0, dtype=torch.float64)
+    t = torch.tensor(RAGGED_OWN_SPANS, dtype=torch.float64, requires_grad=True)
+    ys = psg.odeint(func, y0, t, rtol=1e-11, atol=1e-13, sensealg=sensealg, options=STEPS)
+    (g,) = torch.autograd.grad(_time_loss(ys), [t])
+    fd = _time_fd(RAGGED_OWN_SPANS)
+    assert torch.allclose(g, fd, rtol=0, atol=1e-7), (g - fd).abs().max()
+
+
+def test_per_sample_steps_blow_up_raises_naming_the_sample():
+    # y' = y^2 from y0 = 1 blows up at t = 1 (sample 0); sample 1 (y0 = 0.5, at t = 2) does not.
+    y0 = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    with pytest.raises(psg.errors.StepSizeUnderflowError, match=r"sample\(s\) \[0\]"):
+        psg.odeint(lambda t, y: y**2, y0, torch.tensor([0.0, 1.9], dtype=torch.float64), options=STEPS)
