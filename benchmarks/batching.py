@@ -1,6 +1,6 @@
 """Batches with per-sample error control and per-sample save times (issue 13).
 
-1. Accuracy: harmonic oscillators y'' = -w^2 y (exact solution cos(w t)), one fast
+1. Accuracy (shared RMS norm, ``psg.PerSampleNorm()``, ``psg.PerSampleSteps()``): harmonic oscillators y'' = -w^2 y (exact solution cos(w t)), one fast
    sample (w = 20) batched with B-1 slow ones (w = 1), dopri5, rtol 1e-6, atol 1e-9,
    float64, t in [0, 5]. Each sample's max error over 11 save times divided by the
    error of the same sample solved alone at the same tolerances (the slow samples are
@@ -10,7 +10,8 @@
    sorted uniform-random times in [0, T_b] with T_b in [5, 10] (all rows start at 0),
    an autonomous MLP 8 -> 64 -> 8 (tanh), float32, dopri5, rtol 1e-5, atol 1e-7, a
    squared-error loss against random targets, forward + backward. Contenders:
-   ``psg.odeint`` with ``t`` of shape (32, 250) (CheckpointAdjoint); the same union of
+   ``psg.odeint`` with ``t`` of shape (32, 250) (CheckpointAdjoint), the same with
+   ``options={"steps": psg.PerSampleSteps()}``; the same union of
    all times + gather written by hand; a loop of 32 one-sample solves; torchode 1.0.1
    (``torchode.solve_ivp(f, y0, t_eval, method="dopri5", controller=PIDController(...))``,
    per-sample step sizes, autodiff through its loop; signature read from the installed
@@ -37,7 +38,7 @@ import pysciml_grad as psg  # noqa: E402
 T_END = 5.0
 
 
-def oscillator_errors(B, norm):
+def oscillator_errors(B, norm, steps=None):
     w = torch.ones(B, dtype=torch.float64)
     w[0] = 20.0
 
@@ -48,10 +49,16 @@ def oscillator_errors(B, norm):
     y0[:, 0] = 1.0
     t = torch.linspace(0, T_END, 11, dtype=torch.float64)
     with torch.no_grad():
-        ys, stats = psg.odeint(f, y0, t, rtol=1e-6, atol=1e-9,
-                               options={"norm": norm, "return_stats": True} if norm else {"return_stats": True})
+        opts = {"return_stats": True}
+        if norm is not None:
+            opts["norm"] = norm
+        if steps is not None:
+            opts["steps"] = steps
+        ys, stats = psg.odeint(f, y0, t, rtol=1e-6, atol=1e-9, options=opts)
     exact = torch.cos(w[None, :] * t[:, None])
     err = (ys[..., 0] - exact).abs().max(0).values
+    if steps is not None:  # per-sample steps: loop trials, and accepted steps per sample
+        return float(err[0]), float(err[1:].max()) if B > 1 else None, (stats.extra["trials"], stats.n_steps / B)
     return float(err[0]), float(err[1:].max()) if B > 1 else None, stats.n_steps
 
 
@@ -74,9 +81,12 @@ def accuracy_table():
         "|---:|---|---:|---:|---:|",
     ]
     for B in (1, 16, 256, 4096):
-        for name, norm in (("shared RMS", None), ("PerSampleNorm", psg.PerSampleNorm())):
-            fast, slow, steps = oscillator_errors(B, norm)
+        for name, norm, mode in (("shared RMS", None, None), ("PerSampleNorm", psg.PerSampleNorm(), None),
+                                 ("PerSampleSteps", None, psg.PerSampleSteps())):
+            fast, slow, steps = oscillator_errors(B, norm, mode)
             slow_txt = "-" if slow is None else f"{slow / solo_slow:.3g}"
+            if mode is not None:
+                steps = f"{steps[0]} trials, {steps[1]:.1f} per sample"
             lines.append(f"| {B} | {name} | {fast / solo_fast:.2f} | {slow_txt} | {steps} |")
     return lines
 
@@ -106,6 +116,12 @@ def run_per_sample_t(net, y0, t, target):
     return (ys - target).square().mean()
 
 
+def run_per_sample_steps(net, y0, t, target):
+    ys = psg.odeint(lambda s, y: net(y), y0, t, rtol=RTOL, atol=ATOL, params=list(net.parameters()),
+                    options={"steps": psg.PerSampleSteps()})
+    return (ys - target).square().mean()
+
+
 def run_union_by_hand(net, y0, t, target):
     union = torch.unique(t)
     ys = psg.odeint(lambda s, y: net(y), y0, union, rtol=RTOL, atol=ATOL, params=list(net.parameters()))
@@ -131,7 +147,8 @@ def run_torchode(net, y0, t, target):
     return (sol.ys.transpose(0, 1) - target).square().mean()
 
 
-CONTENDERS = [("per-sample t (B, T)", run_per_sample_t), ("union + gather by hand", run_union_by_hand),
+CONTENDERS = [("per-sample t (B, T)", run_per_sample_t), ("per-sample t + PerSampleSteps", run_per_sample_steps),
+              ("union + gather by hand", run_union_by_hand),
               ("loop of 32 solo solves", run_loop), ("torchode 1.0.1", run_torchode)]
 
 
@@ -155,6 +172,20 @@ def speed_table(rounds=5):
         med = statistics.median(times[name])
         lines.append(f"| {name} | {med:.3f} | {med / base:.2f} | {losses[name]:.6f} |")
     return lines, rounds
+
+
+SERVING_AB = [
+    "A/B of the save-serving change (commit d01e957 before, e41e73f after), fwd + bwd CPU time, min",
+    "of 2 alternating rounds x 2 runs, each in a fresh process importing one checkout (`git archive",
+    "d01e957` or this one), 1 thread, measured once at 22:07 UTC on 2026-12-01 (load average 2.2):",
+    "",
+    "| problem | before (s) | after (s) | after / before |",
+    "|---|---:|---:|---:|",
+    "| this batch, per-sample t, CheckpointAdjoint | 1.027 | 0.214 | 0.21 |",
+    "| this batch, per-sample t, DirectAD | 0.760 | 0.078 | 0.10 |",
+    "| save_times.py problem, 1000 saves, DirectAD | 0.096 | 0.027 | 0.28 |",
+    "| save_times.py problem, 1000 saves, CheckpointAdjoint | 0.187 | 0.064 | 0.34 |",
+]
 
 
 T_GRADIENT = [
@@ -198,15 +229,26 @@ def main():
         "",
         *speed,
         "",
-        f"The union of the 32 rows' 8000 times holds {n_union} save times, each served from the dense",
-        "output and each a separate gradient entry in the backward; torchode evaluates all save times",
-        "that fall in a step with one indexed interpolation call (torchode 1.0.1, adjoints.py,",
-        "AutoDiffAdjoint.solve, lines 215-233 of the installed file). The per-sample `t` path is the",
-        "union + gather technique done at the solve entry; the gap between those two rows is within",
-        "the run-to-run spread under this load (an earlier 3-round run without warm-up gave 0.70).",
+        f"The union of the 32 rows' 8000 times holds {n_union} save times. All save times inside an",
+        "accepted step are served by one dense-output evaluation (a matrix product of the b_i(theta_j)",
+        "weights with the stacked stages, `stepping.dense_eval_many`), and CheckpointAdjoint seeds its",
+        "replay of that step with one gathered gradient, as torchode evaluates all save times of a step",
+        "with one indexed interpolation call (torchode 1.0.1, adjoints.py, AutoDiffAdjoint.solve, lines",
+        "215-233 of the installed file). Before that change (one combination of the stages per save)",
+        "the per-sample `t` row took 50x torchode's time (0.02 in the ratio column of the earlier run).",
         "",
-        "Per-sample step sizes (torchode's mode, where each sample steps on its own) are not",
-        "implemented in pysciml_grad: its batch shares one step size.",
+        *SERVING_AB,
+        "",
+        "## Per-sample step sizes",
+        "",
+        "`options={\"steps\": psg.PerSampleSteps()}`: each sample has its own time, step size, error",
+        "ratio and accept/reject decision (torchode's mode); finished samples are frozen by masked",
+        "updates; one host synchronisation per trial step for the whole batch (the all-done check,",
+        "which also brings back which saves the trial served). `func` receives `t` as a (B,) tensor.",
+        "With 1-D or (B, T) `t`; adaptive RK methods; `DirectAD()` and `CheckpointAdjoint()` (each",
+        "sample replays its own accepted steps; equal to DirectAD to 1e-12 in the tests). The continuous",
+        "adjoints raise `UnsupportedSensitivityError` (they would need a per-sample backward solve).",
+        "Engine: `pysciml_grad/backends/torch/persample.py`; tests: `tests/test_per_sample_steps.py`.",
         "",
         *T_GRADIENT,
     ]
