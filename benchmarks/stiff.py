@@ -133,17 +133,7 @@ def _vdp_jax(t, y):
 def _hires_jax(t, y):
     import jax.numpy as jnp
 
-    y1, y2, y3, y4, y5, y6, y7, y8 = y
-    return jnp.stack([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-        1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7,
-    ])
+    return jnp.stack(sp.hires_terms(y))
 
 
 def run_all(names, repeats, methods=OURS):

@@ -72,9 +72,11 @@ def _vdp_jac(t, y):
     return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1.0, MU * (1 - y[0] ** 2)]])
 
 
-def _hires_torch(t, y):
-    y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
-    return torch.stack([
+def hires_terms(y):
+    """HIRES's eight right-hand sides from its eight components, for any array library
+    (torch, NumPy, jax.numpy): written once, stacked by each caller."""
+    y1, y2, y3, y4, y5, y6, y7, y8 = y
+    return [
         -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
         1.71 * y1 - 8.75 * y2,
         -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
@@ -83,21 +85,15 @@ def _hires_torch(t, y):
         -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
         280.0 * y6 * y8 - 1.81 * y7,
         -280.0 * y6 * y8 + 1.81 * y7,
-    ], -1)
+    ]
+
+
+def _hires_torch(t, y):
+    return torch.stack(hires_terms(y.unbind(-1)), -1)
 
 
 def _hires_np(t, y):
-    y1, y2, y3, y4, y5, y6, y7, y8 = y
-    return np.array([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-        1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7,
-    ])
+    return np.array(hires_terms(y))
 
 
 def _hires_jac(t, y):
