@@ -228,13 +228,13 @@ def odeint_event(
     if found.grid is not None and found.theta != 1.0:
         t_n, t_n1 = t_solve[-2].to(y0.dtype), t_solve[-1].to(y0.dtype)
         y_n, y_n1 = ys_full[-2], ys_full[-1]
-        y_dense = hermite(found.theta, float(t_n1 - t_n), y_n, y_n1, problem.func(t_n, y_n), problem.func(t_n1, y_n1))
+        y_dense = hermite(found.theta, float((t_n1 - t_n).detach()), y_n, y_n1, problem.func(t_n, y_n), problem.func(t_n1, y_n1))
         ys_full = torch.stack([ys_full[0], y_dense])
 
     event_params = list(event_fn.parameters()) if isinstance(event_fn, torch.nn.Module) else []
     # Tensors event_fn closes over (a level c = 2 * s with s requiring grad) would get no
     # gradient unless they are inputs of the implicit-time Function: found as func's are.
-    event_params += list(discover(event_fn, float(t0), problem.y0).tensors)
+    event_params += list(discover(event_fn, float(t0.detach()), problem.y0).tensors)
     seen, all_params = set(), []
     for p in [*problem.params, *event_params]:
         if id(p) not in seen:
