@@ -303,8 +303,21 @@ TABLEAUS = {
 # --- Implicit Runge-Kutta tables ---------------------------------------------------------
 
 
+class FixedStepImplicit:
+    """What the integration loops read off a table, as an implicit fixed-step method has it
+    (no embedded pair, no FSAL stage, no continuous extension; stages need J): shared by the
+    table (:class:`ImplicitTableau`) and the solve-bound method (``implicit.method.ImplicitRK``)."""
+
+    uses_jacobian = True
+    adaptive = False
+    b_err = None
+    error_order = None
+    fsal = False
+    dense = None
+
+
 @dataclass(frozen=True)
-class ImplicitTableau:
+class ImplicitTableau(FixedStepImplicit):
     """One implicit Runge-Kutta method: the full s x s matrix ``a`` (rows), nodes ``c``
     and weights ``b``; the step solves the stage equations
 
@@ -335,13 +348,6 @@ class ImplicitTableau:
     b: Row
     #: |R(z)| -> 0 as z -> -inf (the method damps infinitely stiff components).
     l_stable: bool = False
-
-    uses_jacobian = True
-    adaptive = False
-    b_err = None
-    error_order = None
-    fsal = False
-    dense = None
 
     @property
     def stages(self) -> int:

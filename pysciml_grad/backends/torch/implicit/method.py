@@ -39,7 +39,7 @@ import torch
 
 from ....errors import NewtonConvergenceError
 from ..stepping import lincomb, nudge
-from ..tableaus import ImplicitTableau
+from ..tableaus import FixedStepImplicit, ImplicitTableau
 from . import newton
 from .jacobian import DenseJacobian, JacobianStrategy
 from .linalg import CollocationMatrix, LeadingBlock, SingularMatrixError, StageMatrix
@@ -64,7 +64,7 @@ class LinearSolve(torch.autograd.Function):
         return ctx.matrix.solve_transposed(g), None
 
 
-class ImplicitRK:
+class ImplicitRK(FixedStepImplicit):
     """An implicit RK method bound to a solve: its table, Jacobian strategy, Newton
     settings and the Jacobian / LU cache that simplified Newton reuses across steps.
 
@@ -72,13 +72,6 @@ class ImplicitRK:
     ``dense``, ``adaptive``, ...), so it stands where an explicit table stands;
     ``stepping.rk_step`` hands the step to :meth:`step`.
     """
-
-    uses_jacobian = True
-    adaptive = False
-    b_err = None
-    error_order = None
-    fsal = False
-    dense = None
 
     def __init__(self, table: ImplicitTableau, jacobian: Optional[JacobianStrategy] = None,
                  rtol: float = 1e-7, atol: float = 1e-9, max_iters: int = 10):
