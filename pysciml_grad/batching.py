@@ -106,9 +106,11 @@ class PerSampleSteps:
     one host synchronisation per trial step for the whole batch. ``func(t, y)`` receives
     ``t`` as a ``(B,)`` tensor of every sample's own time and must treat the samples
     independently. Works with 1-D ``t`` (shared save times) and with per-sample ``t`` of
-    shape ``(B, T)``; adaptive Runge-Kutta methods; ``DirectAD()`` and
-    ``CheckpointAdjoint()`` (exact: each sample replays its own accepted steps). The
-    engine is ``backends/torch/persample.py``.
+    shape ``(B, T)``; adaptive Runge-Kutta methods; ``DirectAD()``,
+    ``CheckpointAdjoint()`` (exact: each sample replays its own accepted steps), and the
+    continuous adjoints ``BacksolveAdjoint``, ``InterpolatingAdjoint`` (with or without
+    checkpointing) and ``QuadratureAdjoint``, whose backward solve steps per sample too.
+    The engine is ``backends/torch/persample.py`` and ``persample_adjoint.py``.
     """
 
     def __repr__(self) -> str:
@@ -140,14 +142,24 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
             f"option(s) {extra} are not available with PerSampleSteps; it takes {list(persample.OPTIONS)}"
         )
     sensealg = sa.CheckpointAdjoint() if sensealg is None else sensealg
+    continuous = (sa.BacksolveAdjoint, sa.InterpolatingAdjoint, sa.QuadratureAdjoint)
     ok = (isinstance(sensealg, sa.DirectAD) and not sensealg.through_controller) or (
-        isinstance(sensealg, sa.CheckpointAdjoint) and sensealg.max_checkpoints is None)
+        isinstance(sensealg, sa.CheckpointAdjoint) and sensealg.max_checkpoints is None) or isinstance(sensealg, continuous)
     if not ok:
         raise UnsupportedSensitivityError(
-            f"sensealg={sensealg!r} is not available with PerSampleSteps (each sample's own step "
-            "sequence is replayed or differentiated, there is no per-sample backward solve): use "
-            "psg.CheckpointAdjoint() (exact, stores every trial's state) or psg.DirectAD()"
+            f"sensealg={sensealg!r} is not available with PerSampleSteps: use psg.CheckpointAdjoint() "
+            "(exact, stores every trial's state), psg.DirectAD(), or a continuous adjoint "
+            "(BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint)"
         )
+    adjoint_tab = None
+    if isinstance(sensealg, continuous):
+        adjoint_method = getattr(sensealg, "adjoint_method", None) or method
+        if adjoint_method not in persample.ADAPTIVE:
+            raise UnknownMethodError(
+                f"{type(sensealg).__name__}(adjoint_method={adjoint_method!r}) with PerSampleSteps: the backward "
+                f"solve steps per sample too and needs an adaptive Runge-Kutta method, one of {list(persample.ADAPTIVE)}"
+            )
+        adjoint_tab = TABLEAUS[adjoint_method]
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if isinstance(tol, torch.Tensor) and tol.numel() != 1:
             raise InvalidTimeError(f"PerSampleSteps takes a scalar {name}, got a tensor of shape {tuple(tol.shape)}")
@@ -160,6 +172,16 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     if isinstance(sensealg, sa.DirectAD):
         blocks, rec = solver.run(y0, None)
         ys = persample.assemble(blocks, y0, t.shape[1])
+    elif adjoint_tab is not None:
+        from .backends.torch import persample_adjoint
+
+        interpolate = not isinstance(sensealg, sa.BacksolveAdjoint)
+        spec = persample_adjoint.Spec(
+            type(sensealg).__name__, interpolate, bool(getattr(sensealg, "checkpointing", False)), adjoint_tab,
+            float(sensealg.adjoint_rtol) if sensealg.adjoint_rtol is not None else rtol,
+            float(sensealg.adjoint_atol) if sensealg.adjoint_atol is not None else atol)
+        ys = persample_adjoint.ContinuousAdjoint.apply(solver, spec, y0, *ps)
+        rec = solver.rec
     else:
         ys = persample._Checkpointed.apply(solver, y0, *ps)
         rec = solver.rec
@@ -168,7 +190,7 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     accepted = int(rec.n_accepted_t) if rec.n_accepted_t is not None else 0
     tried = int(rec.n_active_t) if rec.n_active_t is not None else 0
     stats = SolveStats(nfe=rec.nfe, n_steps=accepted, n_rejected=tried - accepted)
-    stats.extra["trials"] = len(rec.trials)
+    stats.extra["trials"] = rec.n_trials
     return ys, stats
 
 

@@ -24,8 +24,8 @@ Gradients:
   vector-Jacobian products backwards (Zhuang et al. 2020, ACA; each sample replays
   exactly its own accepted steps, rejected trials pass its state through unchanged).
   The result equals backpropagating through the forward loop (DirectAD) to rounding.
-* The continuous adjoints would need a backward solve with per-sample steps; they raise
-  UnsupportedSensitivityError naming the two that work.
+* The continuous adjoints (Backsolve, Interpolating, Quadrature): a backward solve with
+  per-sample steps by this same loop, see ``persample_adjoint.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class Trial:
     save_j: Optional[torch.Tensor] = None
     save_b: Optional[torch.Tensor] = None
     theta: Optional[torch.Tensor] = None
+    # Kept only with Record(keep_stages=True) (a dense trajectory for the interpolating adjoints):
+    y_next: Optional[torch.Tensor] = None
+    ks: Optional[List[torch.Tensor]] = None
+    k_next: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -63,6 +67,11 @@ class Record:
     nfe: int = 0
     n_accepted_t: Optional[torch.Tensor] = None  # summed on the device, read once at the end
     n_active_t: Optional[torch.Tensor] = None
+    keep_stages: bool = False
+    keep_trials: bool = True  # False: O(1) memory in the steps (BacksolveAdjoint's forward, the backward solves)
+    n_trials: int = 0
+    y_end: Optional[torch.Tensor] = None  # every sample's state at its t_end
+
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -137,14 +146,25 @@ def initial_steps(func: Callable, tab: ButcherTableau, t0: torch.Tensor, y0: tor
 
 
 def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: torch.Tensor, y0: torch.Tensor,
-              rtol, atol, opts, record: Optional[Record]) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
+              rtol, atol, opts, record: Optional[Record], direction: Optional[float] = None,
+              ratio_fn: Optional[Callable] = None, on_trial: Optional[Callable] = None,
+              serve: bool = True) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
     """The per-sample loop. ``t`` (B, T) float64, NaN-padded after ``lengths``; returns the
-    served save values as blocks (save index j (n,), sample b (n,), values (n, *state))."""
+    served save values as blocks (save index j (n,), sample b (n,), values (n, *state)).
+
+    The backward solves of the continuous adjoints reuse it: ``direction`` given (a row
+    whose span is zero, t[b, 0] == t[b, 1], is idle from the start), ``ratio_fn(err, y,
+    y_next) -> (B,)`` for their blockwise norm, ``on_trial(t, h, accepted, y, y_next, ks,
+    k_next)`` after each trial (their parameter quadrature), ``serve=False`` (no saves
+    served: only ``rec.y_end`` is wanted)."""
     rec = record if record is not None else Record()
     B, T = t.shape
     rows = torch.arange(B, device=t.device)
     t_end = t[rows, lengths - 1]
-    direction = 1.0 if bool(t[0, 1] > t[0, 0]) else -1.0
+    if direction is None:
+        direction = 1.0 if bool(t[0, 1] > t[0, 0]) else -1.0
+    if ratio_fn is None:
+        ratio_fn = lambda err, y, y_next: scaled_error(err, y, y_next, rtol, atol)  # noqa: E731
     tcur = t[:, 0].clone()
     f0 = func(tcur.to(y0.dtype), y0)
     rec.nfe += 1
@@ -169,11 +189,13 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
         y_next, ks, err = trial_step(func, tab, tcur, h, y, k0)
         rec.nfe += len(tab.c) - 1
         with torch.no_grad():
-            ratio = scaled_error(err, y, y_next, rtol, atol)
+            ratio = ratio_fn(err, y, y_next)
         finite = torch.isfinite(ratio)
         accepted = active & (ratio <= 1.0)
         t_new = torch.where(last, t_end, tcur + h)
         served = accepted[:, None] & (direction * (tsave - tcur[:, None]) > 0) & (direction * (tsave - t_new[:, None]) <= 0)
+        if not serve:
+            served = torch.zeros_like(served)
         tiny = active & (habs <= 4 * torch.finfo(torch.float64).eps * tcur.abs().clamp_min(1.0))
         # The one host synchronisation per trial: all done? which saves were served? trouble?
         host = torch.cat([served.reshape(-1), tiny.any().reshape(1), (active & ~finite).any().reshape(1),
@@ -214,11 +236,17 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
             vals = torch.where(_bcast(at_end, vals), y_next[b_idx], vals)
             blocks.append((j_idx, b_idx, vals))
             trial.save_j, trial.save_b, trial.theta = j_idx, b_idx, theta
-        rec.trials.append(trial)
+        rec.n_trials += 1
+        if rec.keep_trials or rec.keep_stages:
+            rec.trials.append(trial)
         acc_b = _bcast(accepted, y)
         if k_next is None:
             k_next = func(t_new.to(y.dtype), y_next)
             rec.nfe += 1
+        if rec.keep_stages:
+            trial.y_next, trial.ks, trial.k_next = y_next.detach(), [k.detach() for k in ks], k_next.detach()
+        if on_trial is not None:
+            on_trial(tcur, h, accepted, y, y_next, ks, k_next)
         y = torch.where(acc_b, y_next, y)
         k0 = torch.where(acc_b, k_next, k0)
         tcur = torch.where(accepted, t_new, tcur)
@@ -227,6 +255,7 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
         habs = torch.where(active, (habs * factor).clamp(max=opts.max_step), habs)
         rec.n_accepted_t = rec.n_accepted_t + accepted.sum() if rec.n_accepted_t is not None else accepted.sum()
         rec.n_active_t = rec.n_active_t + active.sum() if rec.n_active_t is not None else active.sum()
+    rec.y_end = y
     return blocks, rec
 
 
@@ -307,7 +336,10 @@ class PerSampleSolver:
         self.rtol, self.atol, self.opts = rtol, atol, opts
         rows = torch.arange(len(t), device=t.device)
         self.t_end = t[rows, lengths - 1]
+        self.direction = 1.0 if bool(t[0, 1] > t[0, 0]) else -1.0
         self.rec: Optional[Record] = None
+        self.nfe_backward = 0
+        self.stored_bytes = 0
 
     def run(self, y0, record):
         blocks, rec = integrate(self.func, self.tab, self.t, self.lengths, y0, self.rtol, self.atol, self.opts, record)
