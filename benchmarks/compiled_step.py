@@ -15,18 +15,28 @@ P2 (the package benchmark, ``problems.mlp_problem``): MLP 2->64->64->2 (tanh), b
 float32, dopri5, rtol 1e-6, atol 1e-8, t in [0, 1] and in [0, 10], loss mean(y(t1)^2),
 forward + backward.
 
-Floor: the same number of func evaluations chained (y <- func(t, y)), with no solver
-arithmetic (forward, or forward + backward, as the row). Solver overhead per step =
-(min time - floor for that solver's nfe) / trial steps (accepted + rejected; torchdiffeq:
-(nfe - 2) / 6). Solvers are timed round-robin in one process (each repetition runs each
-solver once), so a change in machine load hits all of them alike; ratios come from the
-same run. Minima, not medians: on a shared machine load only ever adds time. The first
-compiled calls of each configuration are timed separately as the compile cost (they trace
-and lower every graph that configuration needs: the trial step, and for the backward
-the replayed step's VJP or the step's backward graph; with grad that takes 1 + FULL_AUDITS
-calls, since the first backward passes of a func replay eagerly while closure discovery
-audits every graph; the timed sum includes those calls' run time), with an empty inductor
-cache (a fresh TORCHINDUCTOR_CACHE_DIR) unless --warm-cache.
+Floor: the func evaluations the row's solve makes, at the states it makes them, and
+nothing else. The states are recorded from one eager solve (ours) and one torchdiffeq
+solve; the floor evaluates func at those (t, y) (cycled when a row made more
+evaluations) and, for the evaluations a backward pass must traverse, backpropagates the
+stacked outputs once: for DirectAD those are the accepted steps' stages (stages x
+accepted steps; initial-step probe and rejected trials need no backward), for
+CheckpointAdjoint all forward evaluations without a graph plus its replayed ones
+(``nfe_backward``) with one, for torchdiffeq every evaluation with a graph. Chaining
+y <- func(t, y) instead, as this benchmark used to, is not func's cost at the solve's
+states: iterated, the state of P2 shrank from |y| 3.9 to 0.05, where tanh is cheaper
+(a func call 102 us against 143 us at the solve's states), and over 80 evaluations the
+backward's cotangents became subnormal floats (3-4x slower; it was patched by flushing
+subnormals). Solver overhead per step = (min time - floor) / trial steps (accepted +
+rejected; torchdiffeq: (nfe - 2) / 6). Solvers are timed round-robin in one process (each
+repetition runs each solver once), so a change in machine load hits all of them alike;
+ratios come from the same run. Minima, not medians: on a shared machine load only ever
+adds time. The first compiled calls of each configuration are timed separately as the
+compile cost (they trace and lower every graph that configuration needs: the trial step,
+and for the backward the replayed step's VJP or the step's backward graph; with grad that
+takes 1 + FULL_AUDITS calls, since the first backward passes of a func replay eagerly
+while closure discovery audits every graph; the timed sum includes those calls' run
+time), with an empty inductor cache (a fresh TORCHINDUCTOR_CACHE_DIR) unless --warm-cache.
 
 On CUDA the same rows run with ``--device cuda``; the compiled fixed-step path uses CUDA
 graphs there (``mode="reduce-overhead"``, see compiled.py).
@@ -53,6 +63,7 @@ sys.path.insert(0, str(HERE))
 import pysciml_grad as psg  # noqa: E402
 from problems import mlp_problem, sync as sync_device  # noqa: E402
 from pysciml_grad.backends.torch.discover import FULL_AUDITS  # noqa: E402
+from pysciml_grad.backends.torch.tableaus import TABLEAUS  # noqa: E402
 
 OUTS = {"p1": HERE / "compiled_step.md", "p2": HERE / "compiled_step_p2.md"}
 
@@ -94,7 +105,13 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
                                 options={**opts, "return_stats": True}, **kw)
             if grad:
                 loss(ys[-1]).backward()
-            return st.nfe, st.n_steps + st.n_rejected
+            # (evaluations, trial steps, evaluations without a graph, with one)
+            if not grad:
+                return st.nfe, st.n_steps + st.n_rejected, st.nfe, 0
+            if isinstance(sensealg, psg.CheckpointAdjoint):
+                return st.nfe, st.n_steps + st.n_rejected, st.nfe, st.nfe_backward
+            in_graph = n_stages * st.n_steps
+            return st.nfe, st.n_steps + st.n_rejected, st.nfe - in_graph, in_graph
         return run
 
     def tdq(grad):
@@ -102,22 +119,34 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
         ys = torchdiffeq.odeint(counting, y0, t, **tol)
         if grad:
             loss(ys[-1]).backward()
-        return counting.n, (counting.n - 2) / 6
+        return counting.n, (counting.n - 2) / 6, 0 if grad else counting.n, counting.n if grad else 0
 
-    def floor(n, grad):
-        # y <- func(t, y) iterated 80 times drives the backward's cotangents into
-        # subnormal floats (P2, t in [0, 10]: the floor took 3-4x the whole solve), which
-        # x86 computes ~100x slower; a solve's stages never get there. Flushed to zero
-        # here, so the floor is the cost of func, not of subnormal arithmetic.
-        torch.set_flush_denormal(True)
-        try:
-            y = y0
-            for _ in range(n):
-                y = func(t[0], y)
-            if grad:
-                loss(y).backward()
-        finally:
-            torch.set_flush_denormal(False)
+    def recorded(solve):
+        states = []
+
+        def rec(tt, yy):
+            states.append((tt.detach() if isinstance(tt, torch.Tensor) else tt, yy.detach()))
+            return func(tt, yy)
+
+        with torch.no_grad():
+            solve(rec)
+        return states
+
+    tab = TABLEAUS["dopri5"]
+    n_stages = tab.stages - (1 if tab.fsal else 0)  # the FSAL stage is the next step's first
+    states_of = {
+        "ours": recorded(lambda f: psg.odeint(f, y0, t, **tol)),
+        "torchdiffeq": recorded(lambda f: torchdiffeq.odeint(f, y0, t, **tol)),
+    }
+
+    def floor(states, n_plain, n_graph):
+        with torch.no_grad():
+            for k in range(n_plain):
+                func(*states[k % len(states)])
+        if n_graph:
+            outs = [func(tt, yy.detach().requires_grad_(True)) for tt, yy in
+                    (states[k % len(states)] for k in range(n_graph))]
+            loss(torch.stack(outs)).backward()
 
     compile_s = {}
     lines = []
@@ -149,7 +178,7 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
                     times[name].append(time.perf_counter() - start)
                     func.zero_grad()
                     start = time.perf_counter()
-                    floor(work[name][0], grad)
+                    floor(states_of[rows[name][0]], *work[name][2:])
                     sync()
                     floors[name].append(time.perf_counter() - start)
         ref = min(times["torchdiffeq odeint"])
@@ -158,7 +187,7 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name in solvers:
             tm, fl = min(times[name]), min(floors[name])
-            nfe, trials = work[name]
+            nfe, trials = work[name][:2]
             lines.append(f"| {name} | {1e3 * tm:.2f} | {tm / ref:.2f}x | {1e3 * fl:.2f} | {tm / fl:.2f}x | {nfe} | "
                          f"{trials:.0f} | {1e6 * (tm - fl) / trials:.0f} |")
         lines.append("")
