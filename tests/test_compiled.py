@@ -318,3 +318,119 @@ def test_checkpoint_adjoint_dense_saves_replay_on_the_compiled_vjp():
 
     dense = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay_vjp_dense"]
     assert dense and dense[0].calls > 0 and dense[0].broken is None
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+@pytest.mark.parametrize("sensealg", [psg.InterpolatingAdjoint(), psg.QuadratureAdjoint()], ids=["interpolating", "quadrature"])
+def test_interpolating_adjoints_backward_on_the_compiled_step_match_eager(sensealg):
+    # The backward solve of [a, g] (Interpolating) or [a] (Quadrature, g by its quadrature
+    # on the accepted steps) runs on the compiled adaptive step with y(t) looked up on the
+    # device (dense_table.lookup): the same steps as the eager backward (same nfe), the
+    # gradients equal to 1e-10. 4 save times, so the solve restarts at save times too.
+    t = torch.linspace(0.0, 2.0, 4, dtype=torch.float64)
+    past_audits(FUNC)
+    out = []
+    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys, st = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=sensealg, options=opt)
+        (ys.square() * torch.arange(1.0, 5.0, dtype=torch.float64)[:, None, None]).sum().backward()
+        out.append((y0.grad.clone(), FUNC.A.grad.clone(), st.nfe_backward))
+    assert out[0][2] == out[1][2]
+    for c, e in zip(out[0][:2], out[1][:2]):
+        assert torch.allclose(c, e, rtol=0, atol=1e-10)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    kind = "interpolating" if isinstance(sensealg, psg.InterpolatingAdjoint) else "quadrature"
+    back = [e for k, e in _CACHE[FUNC].items() if k[0] == kind]
+    assert back and back[0].calls > 0 and back[0].broken is None
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_interpolating_adjoint_backward_no_recompile_over_20_calls_with_random_times():
+    # New t, step counts and step sizes reach the compiled backward step as tensor values
+    # (the dense table is padded to a capacity of 64 steps), never as guards.
+    from torch._dynamo.utils import counters
+
+    past_audits(FUNC)
+    gen = torch.Generator().manual_seed(2)
+
+    def solve(t, y0):
+        y0 = y0.clone().requires_grad_(True)
+        ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.InterpolatingAdjoint(),
+                        options={"compile": EAGER})
+        ys.square().sum().backward()
+        return y0.grad
+
+    solve(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), Y0)
+    graphs = counters["stats"]["unique_graphs"]
+    recompiles = sum(counters["recompiles"].values())
+    with torch.compiler.set_stance("fail_on_recompile"):  # a recompile raises here
+        for _ in range(20):
+            t0 = float(torch.rand((), generator=gen)) * 2 - 1
+            span = 0.2 + float(torch.rand((), generator=gen))
+            t = torch.sort(t0 + span * torch.rand(3, generator=gen, dtype=torch.float64)).values
+            assert torch.isfinite(solve(t, torch.randn(3, 2, generator=gen, dtype=torch.float64))).all()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert sum(counters["recompiles"].values()) == recompiles
+
+
+def test_interpolating_adjoint_func_that_breaks_the_graph_falls_back_with_warning():
+    # func cannot be captured (a host read and a data-dependent branch): the backward solve
+    # warns and runs eagerly, with the eager backward's gradient.
+    class Sync(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A = torch.nn.Parameter(A.clone())
+
+        def forward(self, t, y):
+            if float(y.abs().max()) > 1e6:
+                raise RuntimeError("blow-up")
+            return y @ self.A.T
+
+    func = past_audits(Sync())
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    grads = []
+    for opt in ({"compile": EAGER}, {}):
+        func.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CompileFallbackWarning)
+            ys = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=psg.InterpolatingAdjoint(), options=opt)
+            ys.square().sum().backward()
+        grads.append((y0.grad.clone(), func.A.grad.clone(), [str(w.message) for w in caught
+                                                             if issubclass(w.category, CompileFallbackWarning)]))
+    # The forward warns once; the backward warns when the first save interval's capture fails.
+    assert len(grads[0][2]) >= 2 and all("runs eagerly" in m for m in grads[0][2]) and not grads[1][2]
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    assert [e.broken for k, e in _CACHE[func].items() if k[0] == "interpolating"][0] is not None
+    for c, e in zip(grads[0][:2], grads[1][:2]):
+        assert torch.equal(c, e)
+
+
+def test_dense_table_lookup_equals_the_eager_trajectory():
+    # The stacked dense output (searchsorted + gather + polynomial) gives y(t) of the eager
+    # Trajectory to rounding: dopri5's continuous extension and bosh3's cubic Hermite, forward
+    # and backward in time, at 201 times including step boundaries and both ends.
+    from pysciml_grad.backends.torch import dense_table
+    from pysciml_grad.backends.torch.adjoints.continuous import Trajectory
+    from pysciml_grad.backends.torch.control import SolverOptions
+    from pysciml_grad.backends.torch.forward import lookup_method
+    from pysciml_grad.backends.torch.integrate import Counters, CountingRHS, integrate_adaptive
+
+    for name in ("dopri5", "bosh3"):
+        for d in (1.0, -1.0):
+            tab = lookup_method(name).tableau
+            rhs = CountingRHS(FUNC, Y0.dtype, Y0.device)
+            traj = Trajectory(tab, rhs, d, False)
+            with torch.no_grad():
+                ys = integrate_adaptive(rhs, tab, [0.0, 2.0 * d], Y0, rhs(0.0, Y0), 1e-6, 1e-8, SolverOptions(), False,
+                                        Counters(), traj.record)
+                traj.close(2.0 * d, ys[-1])
+                table = traj.dense_table()
+                times = torch.cat([torch.linspace(0.0, 2.0 * d, 201, dtype=torch.float64),
+                                   torch.tensor(traj.times, dtype=torch.float64)])
+                err = max(float((traj(float(x)).reshape(-1) - dense_table.lookup(x, *table.tensors())).abs().max())
+                          for x in times)
+            assert len(traj.times) > 5 and err < 1e-14, (name, d, err)

@@ -82,7 +82,7 @@ def _combine(y, hc, coeffs, ks):
     return out
 
 
-def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tuple = ()):
+def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tuple = (), f64_times: bool = False):
     """``(y_next, ks)`` of one explicit Runge-Kutta step from ``k0 = f(t, y)``:
 
         k_i = f(t + c_i h, y + h sum_j a_ij k_j),   y_next = y + h sum_i b_i k_i,
@@ -91,19 +91,22 @@ def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tu
     with the table's coefficients as constants, so ``torch.compile(fullgraph=True)``
     traces it into one graph. ``fsal`` (a trace-time constant): the last stage's state
     is ``y_next`` (its row of ``a`` is ``b``), so the combination is not formed again.
-    ``extra``: further arguments of every ``func`` call (graph inputs, not constants)."""
+    ``extra``: further arguments of every ``func`` call (graph inputs, not constants).
+    ``f64_times``: stage times reach ``func`` in float64, not the state's dtype (the
+    interpolating adjoints look y(t) up at the exact float64 time, as the eager loop does)."""
     hy = h.to(y.dtype)
     ks = [k0]
     y_stage = y
     for ci, ai in zip(c[1:], a):
         y_stage = _combine(y, hy, ai, ks)
-        ks.append(func((t + ci * h).to(y.dtype), y_stage, *extra))
+        ti = t + ci * h
+        ks.append(func(ti if f64_times else ti.to(y.dtype), y_stage, *extra))
     y_next = y_stage if fsal else _combine(y, hy, b, ks)
     return y_next, ks
 
 
 def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float,
-              ratio: Optional[Callable] = None) -> Callable:
+              ratio: Optional[Callable] = None, f64_times: bool = False) -> Callable:
     """The trial step of ``tab`` for ``func`` as one traceable function.
 
     ``step(t, h, t_end, y, k0, rtol, atol, prev, extra=()) -> (y_next, ks, info, h_new, prev_new, t_next)``
@@ -112,7 +115,7 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     previous step's last stage; other tables get it from one eager call after acceptance.
     ``ratio(err, y, y_next)``, when given, replaces the RMS error ratio (the adjoint
     solves' mixed norm over their stacked blocks, ``continuous.mixed_ratio``); ``extra``
-    is passed on to every ``func`` call.
+    is passed on to every ``func`` call, ``f64_times`` to :func:`_rk_step`.
     """
     c = tab.c
     a = tab.a
@@ -126,7 +129,7 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
         last = (t + h - t_end) * h >= 0  # t + h reaches or passes t_end (h carries the direction)
         h = torch.where(last, t_end - t, h)
         hy = h.to(y.dtype)
-        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0, fsal, extra)
+        y_next, ks = _rk_step(func, c, a, b, t, h, y, k0, fsal, extra, f64_times)
         # The error estimate only steers h, a constant for the gradient: no graph.
         err = _combine(torch.zeros_like(y), hy, b_err, [k.detach() for k in ks])
         if ratio is None:
@@ -372,6 +375,65 @@ def make_backsolve_rhs(func: Callable, shape: Tuple[int, ...], n: int) -> Callab
     return aug
 
 
+def make_interpolating_rhs(func: Callable, shape: Tuple[int, ...], n: int) -> Callable:
+    """``aug(t, s, *table, *ps)``: the augmented right-hand side of InterpolatingAdjoint
+    (state ``s = [a, g]``) and QuadratureAdjoint (``s = [a]``, no ``ps``) with y(t) read
+    from the forward's dense output on the device (``dense_table.lookup`` of the 7
+    tensors ``table``; Chen et al. 2018, eq. 4-5, along the forward trajectory):
+
+        d/dt [a, g] = [-a^T df/dy, -a^T df/dps](t, y(t)).
+
+    ``t`` arrives in float64 (``make_step(f64_times=True)``), as the eager lookup's float
+    time does; ``func`` sees it in the state's dtype, as in the eager solve."""
+    from .dense_table import lookup
+
+    def aug(t, s, sign, keys, t0, hs, rows, poly, hpow, *ps):
+        y = lookup(t, sign, keys, t0, hs, rows, poly, hpow)
+        a = s[:n]
+        with torch.enable_grad():
+            yr = y.detach().view(shape).requires_grad_(True)
+            fy = func(t.to(s.dtype), yr)
+            inputs = [yr, *ps]
+            if fy.requires_grad:  # known when traced: func reaches y or a parameter
+                grads = torch.autograd.grad(fy, inputs, a.view(shape), allow_unused=True)
+            else:
+                grads = [None] * len(inputs)
+        return torch.cat([-(torch.zeros_like(x) if g is None else g).reshape(-1) for g, x in zip(grads, inputs)])
+
+    return aug
+
+
+def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, t_from: float, t_to: float,
+                       s0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float, opts: SolverOptions,
+                       blocks: Sequence[Tuple[int, int]], ratio: Callable, record: Record, table: Tuple = (),
+                       f64_times: bool = False) -> Optional[List[torch.Tensor]]:
+    """One save interval of a continuous adjoint's backward solve on the compiled adaptive
+    step of ``make_aug()`` (cached under ``kind``) with the mixed ``ratio``: the eager
+    solve's error norm and controller, so the same steps. ``table``: tensors passed before
+    the parameters (graph inputs; their shapes are in the key). None (with a
+    :class:`CompileFallbackWarning`) when func cannot be captured."""
+    settings = compile_settings(opts.compile)
+    func, ps = rhs.func, rhs.params
+    cache, inner, prefix = _cache_slot(func)
+    key = prefix + (kind, tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
+                    tuple((tuple(x.shape), x.dtype) for x in table),
+                    tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    entry = cache.get(key)
+    if entry is None:
+        ctl = PIController.for_method(tab.error_order, opts)
+        fn = _fresh_code(make_step(tab, make_aug(), ctl, opts.max_step, ratio, f64_times))
+        entry = cache[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    cfg = torch._dynamo.config
+    before = cfg.trace_autograd_ops
+    cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
+    try:
+        return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
+                                  entry=entry, extra=tuple(table) + tuple(ps))
+    finally:
+        cfg.trace_autograd_ops = before
+
+
 def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0: torch.Tensor, f0: torch.Tensor,
                         rtol: float, atol: float, opts: SolverOptions, blocks: Sequence[Tuple[int, int]],
                         ratio: Callable, record: Record = None) -> Optional[List[torch.Tensor]]:
@@ -380,25 +442,23 @@ def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0
     (with a :class:`CompileFallbackWarning`) when func cannot be captured. ``rhs`` is the
     eager :class:`~.adjoints.continuous.AdjointRHS` (its ``func``, ``params``, ``shape``
     and nfe count): it made ``f0`` (with its graph check) and makes the initial-step probe."""
-    settings = compile_settings(opts.compile)
-    func, ps = rhs.func, rhs.params
-    table, inner, prefix = _cache_slot(func)
-    key = prefix + ("backsolve", tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
-                    tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
-    entry = table.get(key)
-    if entry is None:
-        ctl = PIController.for_method(tab.error_order, opts)
-        fn = _fresh_code(make_step(tab, make_backsolve_rhs(func, tuple(rhs.shape), rhs.n), ctl, opts.max_step, ratio))
-        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
-    cfg = torch._dynamo.config
-    before = cfg.trace_autograd_ops
-    cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
-    try:
-        return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
-                                  entry=entry, extra=tuple(ps))
-    finally:
-        cfg.trace_autograd_ops = before
+    return _integrate_adjoint("backsolve", lambda: make_backsolve_rhs(rhs.func, tuple(rhs.shape), rhs.n), rhs, tab,
+                              t_from, t_to, s0, f0, rtol, atol, opts, blocks, ratio, record)
+
+
+def integrate_interpolating(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0: torch.Tensor,
+                            f0: torch.Tensor, rtol: float, atol: float, opts: SolverOptions,
+                            blocks: Sequence[Tuple[int, int]], ratio: Callable, record: Record,
+                            table) -> Optional[List[torch.Tensor]]:
+    """One save interval of InterpolatingAdjoint's ([a, g]) or QuadratureAdjoint's ([a])
+    backward solve on the compiled adaptive step of :func:`make_interpolating_rhs`, y(t)
+    from ``table`` (a ``dense_table.DenseTable`` of the forward solve); as
+    :func:`integrate_backsolve` otherwise. QuadratureAdjoint's parameter quadrature runs
+    on the accepted steps this reports to ``record``, as in the eager solve."""
+    kind = "interpolating" if rhs.params else "quadrature"
+    return _integrate_adjoint(kind, lambda: make_interpolating_rhs(rhs.func, tuple(rhs.shape), rhs.n), rhs, tab,
+                              t_from, t_to, s0, f0, rtol, atol, opts, blocks, ratio, record, table.tensors(),
+                              f64_times=True)
 
 
 def _warn_fallback(reason: str, stacklevel: int = 4) -> None:

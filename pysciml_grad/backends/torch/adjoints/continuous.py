@@ -41,7 +41,7 @@ from .. import progress
 from ..callbacks import StepCallbacks
 from ..integrate import AcceptedStep, Counters, Record, integrate_adaptive, integrate_fixed
 from ..stepping import rk_step
-from .. import compiled
+from .. import compiled, dense_table
 from ..tableaus import ButcherTableau
 from ..implicit.method import ImplicitRK
 from ..implicit.jacobian import strategy_from_options
@@ -230,15 +230,19 @@ class BackwardSolver:
 
     def _compiled(self, rhs: Callable) -> bool:
         """options['compile'] and a backward solve the compiled adaptive step can run:
-        BacksolveAdjoint's (its state [y, a, g] is self-contained; the interpolating
-        adjoints read y(t) from the forward's dense output by a host-side search over
-        float times, which a traced step cannot do), an explicit RK table (not Rosenbrock), the mixed RMS
-        norm, no adjoint step callbacks, no stop points; not while the first backward
-        passes of func check every evaluation's graph (``discover.audit_everything``)."""
+        BacksolveAdjoint's (its state [y, a, g] is self-contained) and the interpolating
+        adjoints' when the forward's dense output can be stacked for a device-side lookup
+        (``Trajectory.dense_table``: not with checkpointing=True, whose segments are rebuilt
+        on demand, nor a Rosenbrock forward with its own interpolant); an explicit RK
+        adjoint table, the mixed RMS norm, no adjoint step callbacks, no stop points; not
+        while the first backward passes of func check every evaluation's graph
+        (``discover.audit_everything``)."""
         opts = self.opts
+        traj = getattr(rhs, "trajectory", None)
         return bool(opts.compile and self.method.adaptive and isinstance(self.method.tableau, ButcherTableau)
                     and self.method.adams is None
-                    and isinstance(rhs, AdjointRHS) and rhs.trajectory is None
+                    and isinstance(rhs, AdjointRHS)
+                    and (traj is None or (not traj.checkpointing and dense_table.supported(traj.tab) is None))
                     and not rhs.audit_all and (rhs.known is None or rhs.checked_once)
                     and opts.norm is None and not opts.jump_t and not opts.step_t and not opts.accept_min_step
                     and rhs.callbacks.step is None and rhs.callbacks.accept is None and rhs.callbacks.reject is None)
@@ -258,9 +262,13 @@ class BackwardSolver:
             if not bool(torch.isfinite(f0).all()):
                 raise nonfinite_adjoint(self.name, f"at t={t_from:.6g} (start of a backward interval)")
             ys = None
-            if self._compiled(rhs):
+            if self._compiled(rhs) and rhs.trajectory is None:
                 ys = compiled.integrate_backsolve(rhs, self.method.tableau, t_from, t_to, s0, f0, self.rtol, self.atol,
                                                   self.opts, blocks, self._ratio(rhs, blocks), rec)
+            elif self._compiled(rhs):
+                ys = compiled.integrate_interpolating(rhs, self.method.tableau, t_from, t_to, s0, f0, self.rtol,
+                                                      self.atol, self.opts, blocks, self._ratio(rhs, blocks), rec,
+                                                      rhs.trajectory.dense_table())
             if ys is not None:
                 pass
             elif self.method.adaptive:
@@ -343,6 +351,7 @@ class Trajectory:
         self._segments: OrderedDict = OrderedDict()  # step index -> (steps, state after them)
         self._starts: List[int] = []
         self.replayed_steps = 0
+        self._table: Optional[dense_table.DenseTable] = None
 
     # -- recording (forward pass)
     def record(self, s: AcceptedStep) -> None:
@@ -369,7 +378,7 @@ class Trajectory:
         if self.store is not None:
             held += [x for st in self.store.states.values() for x in st if x is not None]
         held += [x for steps, y in self._segments.values() for st in steps for x in (st.y, *st.ks)]
-        return sum(x.numel() * x.element_size() for x in held)
+        return sum(x.numel() * x.element_size() for x in held) + (0 if self._table is None else self._table.nbytes())
 
     @property
     def stored_states(self) -> int:
@@ -395,6 +404,19 @@ class Trajectory:
 
         with torch.no_grad():
             return interpolate(self.tab, (t - st.t) / st.h, st.h, st.y, y_next, st.ks, f_next)
+
+    def dense_table(self) -> dense_table.DenseTable:
+        """The stored steps stacked as tensors for a device-side lookup of y(t) (the
+        compiled backward solves, ``dense_table.lookup``); built once, kept with the
+        trajectory. Only without checkpointing: with it the steps are rebuilt segment by
+        segment, which is what keeps its memory at O(sqrt(N)) states."""
+        if self._table is None:
+            steps = self.steps
+            t_end, y_end = self.t_end, self.y_end
+            self._table = dense_table.build(
+                self.tab, self.direction, [st.t for st in steps], [st.h for st in steps], [st.y for st in steps],
+                [st.ks for st in steps], y_end, lambda: self.rhs(t_end, y_end))
+        return self._table
 
     def _steps_around(self, n: int) -> Tuple[List[_Step], int, torch.Tensor]:
         """(steps of the segment holding step n, index of its first step, state after it)."""
