@@ -8,8 +8,10 @@ Usage (from the repository root)::
                                                 # -> benchmarks/compiled_step{,_p2}_cuda.md
 
 P1: dy/dt = MLP(y), MLP 2->16->2 (tanh), batch 1, float32, dopri5, rtol 1e-6, atol 1e-8,
-t in [0, 10] (2 save times). Two regimes: the forward solve alone (no_grad), and forward +
-backward of sum(y(10)^2) with the gradient to the MLP's weights.
+t in [0, 10] (2 save times). Three regimes: the forward solve alone (no_grad), forward +
+backward of sum(y(10)^2) with the gradient to the MLP's weights (DirectAD,
+CheckpointAdjoint), and the same for the continuous adjoints (Backsolve, Interpolating,
+Quadrature), with torchdiffeq's ``odeint_adjoint`` beside ``odeint``.
 
 P2 (the package benchmark, ``problems.mlp_problem``): MLP 2->64->64->2 (tanh), batch 512,
 float32, dopri5, rtol 1e-6, atol 1e-8, t in [0, 1] and in [0, 10], loss mean(y(t1)^2),
@@ -81,8 +83,10 @@ class MLP(torch.nn.Module):
 def bench(func, y0, t, loss, tol, regimes, reps, sync):
     """Time each regime's solvers round-robin; returns (markdown lines, compile seconds).
 
-    ``regimes``: {title: (grad, {row name: (kind, options, sensealg)})}, kind "ours" or
-    "torchdiffeq"; every regime must have a "torchdiffeq odeint" row (the ratio's base)."""
+    ``regimes``: {title: (grad, {row name: (kind, options, sensealg)})}, kind "ours",
+    "torchdiffeq" (``odeint``) or "torchdiffeq adjoint" (``odeint_adjoint``, gradient to the
+    MLP's weights through ``adjoint_params``); every regime must have a "torchdiffeq odeint"
+    row (the ratio's base)."""
     import torchdiffeq
 
     params = list(func.parameters())
@@ -108,7 +112,7 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
             # (evaluations, trial steps, evaluations without a graph, with one)
             if not grad:
                 return st.nfe, st.n_steps + st.n_rejected, st.nfe, 0
-            if isinstance(sensealg, psg.CheckpointAdjoint):
+            if isinstance(sensealg, ADJOINTS):  # a forward without a graph, then the backward's evaluations with one
                 return st.nfe, st.n_steps + st.n_rejected, st.nfe, st.nfe_backward
             in_graph = n_stages * st.n_steps
             return st.nfe, st.n_steps + st.n_rejected, st.nfe - in_graph, in_graph
@@ -120,6 +124,17 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
         if grad:
             loss(ys[-1]).backward()
         return counting.n, (counting.n - 2) / 6, 0 if grad else counting.n, counting.n if grad else 0
+
+    def tdq_adjoint(grad):
+        # torchdiffeq 0.2.5, torchdiffeq/_impl/adjoint.py: odeint_adjoint(func, y0, t, *, rtol,
+        # atol, ..., adjoint_params=None); Counting holds func as a closure, not a submodule,
+        # so the parameters are passed. nfe and trial steps are the forward's, as for our rows.
+        counting.n = 0
+        ys = torchdiffeq.odeint_adjoint(counting, y0, t, **tol, adjoint_params=tuple(params))
+        n = counting.n
+        if grad:
+            loss(ys[-1]).backward()
+        return n, (n - 2) / 6, n, counting.n - n
 
     def recorded(solve):
         states = []
@@ -151,7 +166,8 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
     compile_s = {}
     lines = []
     for regime, (grad, rows) in regimes.items():
-        solvers = {name: (tdq if kind == "torchdiffeq" else ours(opts, sa)) for name, (kind, opts, sa) in rows.items()}
+        solvers = {name: (tdq if kind == "torchdiffeq" else tdq_adjoint if kind == "torchdiffeq adjoint" else ours(opts, sa))
+                   for name, (kind, opts, sa) in rows.items()}
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
             work = {}
@@ -178,7 +194,7 @@ def bench(func, y0, t, loss, tol, regimes, reps, sync):
                     times[name].append(time.perf_counter() - start)
                     func.zero_grad()
                     start = time.perf_counter()
-                    floor(states_of[rows[name][0]], *work[name][2:])
+                    floor(states_of[rows[name][0].split()[0]], *work[name][2:])
                     sync()
                     floors[name].append(time.perf_counter() - start)
         ref = min(times["torchdiffeq odeint"])
@@ -219,6 +235,21 @@ GRAD_ROWS = lambda: {  # noqa: E731
 }
 
 
+#: sensealgs whose forward runs without a graph and whose backward evaluates func with one
+ADJOINTS = (psg.CheckpointAdjoint, psg.BacksolveAdjoint, psg.InterpolatingAdjoint, psg.QuadratureAdjoint)
+
+CONTINUOUS_ROWS = lambda: {  # noqa: E731
+    "ours BacksolveAdjoint eager": ("ours", {}, psg.BacksolveAdjoint()),
+    "ours BacksolveAdjoint compile": ("ours", {"compile": True}, psg.BacksolveAdjoint()),
+    "ours InterpolatingAdjoint eager": ("ours", {}, psg.InterpolatingAdjoint()),
+    "ours InterpolatingAdjoint compile": ("ours", {"compile": True}, psg.InterpolatingAdjoint()),
+    "ours QuadratureAdjoint eager": ("ours", {}, psg.QuadratureAdjoint()),
+    "ours QuadratureAdjoint compile": ("ours", {"compile": True}, psg.QuadratureAdjoint()),
+    "torchdiffeq odeint_adjoint": ("torchdiffeq adjoint", None, None),
+    "torchdiffeq odeint": ("torchdiffeq", None, None),
+}
+
+
 def p1(dev, reps):
     torch.manual_seed(0)
     func = MLP().to(dev)
@@ -231,6 +262,7 @@ def p1(dev, reps):
             "torchdiffeq odeint": ("torchdiffeq", None, None),
         }),
         "forward + backward": (True, GRAD_ROWS()),
+        "forward + backward, continuous adjoints": (True, CONTINUOUS_ROWS()),
     }
     lines, compile_s = bench(func, y0, t, lambda y: y.square().sum(), dict(rtol=1e-6, atol=1e-8), regimes, reps,
                              lambda: sync_device(dev.type))

@@ -323,10 +323,11 @@ def test_checkpoint_adjoint_dense_saves_replay_on_the_compiled_vjp():
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 @pytest.mark.parametrize("sensealg", [psg.InterpolatingAdjoint(), psg.QuadratureAdjoint()], ids=["interpolating", "quadrature"])
 def test_interpolating_adjoints_backward_on_the_compiled_step_match_eager(sensealg):
-    # The backward solve of [a, g] (Interpolating) or [a] (Quadrature, g by its quadrature
-    # on the accepted steps) runs on the compiled adaptive step with y(t) looked up on the
-    # device (dense_table.lookup): the same steps as the eager backward (same nfe), the
-    # gradients equal to 1e-10. 4 save times, so the solve restarts at save times too.
+    # The backward solve of [a, g] (Interpolating) or [a] (Quadrature, g by its Gauss-Legendre
+    # panels on the accepted steps, one compiled call each) runs on the compiled adaptive
+    # step with y(t) looked up on the device (dense_table.lookup): the same steps as the
+    # eager backward (same nfe), the gradients equal to 1e-10. 4 save times, so the solve
+    # restarts at save times too.
     t = torch.linspace(0.0, 2.0, 4, dtype=torch.float64)
     past_audits(FUNC)
     out = []
@@ -341,9 +342,10 @@ def test_interpolating_adjoints_backward_on_the_compiled_step_match_eager(sensea
         assert torch.allclose(c, e, rtol=0, atol=1e-10)
     from pysciml_grad.backends.torch.compiled import _CACHE
 
-    kind = "interpolating" if isinstance(sensealg, psg.InterpolatingAdjoint) else "quadrature"
-    back = [e for k, e in _CACHE[FUNC].items() if k[0] == kind]
-    assert back and back[0].calls > 0 and back[0].broken is None
+    kinds = ["interpolating"] if isinstance(sensealg, psg.InterpolatingAdjoint) else ["quadrature", "quadrature_panel"]
+    for kind in kinds:  # QuadratureAdjoint: its Gauss-Legendre panels are compiled calls too
+        back = [e for k, e in _CACHE[FUNC].items() if k[0] == kind]
+        assert back and back[0].calls > 0 and back[0].broken is None, kind
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile

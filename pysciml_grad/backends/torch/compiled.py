@@ -461,6 +461,97 @@ def integrate_interpolating(rhs, tab: ButcherTableau, t_from: float, t_to: float
                               f64_times=True)
 
 
+def make_quadrature_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTableau,
+                          nodes: Sequence[float], weights: Sequence[float]) -> Callable:
+    """``panel(t, h, a_n, a_next, ks, f_next, *table, g, ps) -> g_new``: QuadratureAdjoint's
+    m-point Gauss-Legendre panel on one accepted backward step (``adjoints/quadrature.py``),
+
+        g_new_k = g_k + sum_q (-h w_q) a(t + x_q h)^T df/dps_k (t + x_q h, y(t + x_q h)),
+
+    a(t) from the backward step's dense output (the adjoint table's continuous extension,
+    its weights b_i(x_q) constants of the graph since the nodes are fixed, or the cubic
+    Hermite interpolant through (a_n, ks[0]), (a_next, f_next)), y(t) from the forward's
+    dense table (``dense_table.lookup``); the m vector-Jacobian products are one
+    ``torch.autograd.grad`` in the traced graph, so a panel is one compiled call."""
+    from .dense_table import lookup
+
+    dense = adj_tab.dense
+    coeffs = []
+    for x in nodes:
+        if dense is not None:
+            coeffs.append([sum(row[p] * x ** (p + 1) for p in range(len(row))) for row in dense])
+        else:  # stepping.hermite's basis at theta = x
+            coeffs.append([(1 + 2 * x) * (1 - x) ** 2, x * (1 - x) ** 2, x**2 * (3 - 2 * x), x**2 * (x - 1)])
+
+    def panel(t, h, a_n, a_next, ks, f_next, sign, keys, t0, hs, rows, poly, hpow, g, ps):
+        hy = h.to(a_n.dtype)
+        outs, gouts = [], []
+        with torch.enable_grad():
+            for x, w, cq in zip(nodes, weights, coeffs):
+                if dense is not None:
+                    a_q = _combine(a_n, hy, cq, ks)
+                else:
+                    a_q = cq[0] * a_n + (cq[1] * hy) * ks[0] + cq[2] * a_next + (cq[3] * hy) * f_next
+                tq = t + x * h
+                y_q = lookup(tq, sign, keys, t0, hs, rows, poly, hpow).view(shape)
+                outs.append(func(tq.to(a_n.dtype), y_q))
+                gouts.append(a_q.view(shape) * (-hy * w))
+            live = [(o, go) for o, go in zip(outs, gouts) if o.requires_grad]  # known when traced
+            if not live:
+                return list(g)
+            grads = torch.autograd.grad([o for o, _ in live], list(ps), [go for _, go in live], allow_unused=True)
+        return [gk if dk is None else gk + dk for gk, dk in zip(g, grads)]
+
+    return panel
+
+
+class CompiledPanel:
+    """The cached compiled QuadratureAdjoint panel (:func:`make_quadrature_panel`) for one
+    (adjoint table, func, shapes, dtype, device); ``None`` from a call means capture failed
+    and the caller computes the panel eagerly (the backward solve has warned already)."""
+
+    def __init__(self, entry: CompiledStep, hermite: bool, table):
+        self.entry, self.hermite, self.table = entry, hermite, table.tensors()
+
+    def __call__(self, t: float, h: float, a_n, a_next, ks, f_next: Callable, g, ps):
+        entry = self.entry
+        if entry.broken is not None:
+            return None
+        dev = a_n.device
+        th = torch.tensor([t, h], dtype=torch.float64, device=dev).unbind(0)
+        fn = f_next() if self.hermite else a_n  # only the Hermite interpolant reads f_next
+        cfg = torch._dynamo.config
+        before = cfg.trace_autograd_ops
+        cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
+        try:
+            out = entry.fn(th[0], th[1], a_n, a_next, list(ks), fn, *self.table, list(g), list(ps))
+        except Exception as exc:
+            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            return None
+        finally:
+            cfg.trace_autograd_ops = before
+        entry.calls += 1
+        return out
+
+
+def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTableau, nodes: Sequence[float],
+                   weights: Sequence[float], ps: Sequence[torch.Tensor], a: torch.Tensor, table,
+                   opts: SolverOptions) -> CompiledPanel:
+    """The cached :class:`CompiledPanel` (keyed as :func:`compiled_step`, plus the table's shapes)."""
+    settings = compile_settings(opts.compile)
+    cache, inner, prefix = _cache_slot(func)
+    key = prefix + ("quadrature_panel", adj_tab, inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
+                    a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
+                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    entry = cache.get(key)
+    if entry is None:
+        fn = _fresh_code(make_quadrature_panel(func, tuple(shape), adj_tab, nodes, weights))
+        entry = cache[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+    return CompiledPanel(entry, adj_tab.dense is None, table)
+
+
 def _warn_fallback(reason: str, stacklevel: int = 4) -> None:
     warnings.warn(
         f"options['compile']: the solve runs eagerly because {reason}. To compile, make func one "

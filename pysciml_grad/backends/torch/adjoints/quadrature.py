@@ -29,6 +29,7 @@ import torch
 from ....problem import ODEProblem, SolveStats
 from ..integrate import AcceptedStep
 from .common import nonfinite_adjoint, run, scatter, time_tensor, vjp
+from .. import compiled
 from .continuous import AdjointRHS, block_sizes, gauss_legendre
 from .interpolating import InterpolatingStrategy
 from .replay import interpolate
@@ -50,10 +51,23 @@ class QuadratureStrategy(InterpolatingStrategy):
         g_ps = [torch.zeros_like(p) for p in ps]
         quad_nfe = [0]
 
+        compiled_panel = [None]  # chosen at the first panel, when the backward solve has chosen
+
         def panel(st: AcceptedStep, a_next: torch.Tensor, f_next) -> None:
             """g += int over the step of a^T df/dtheta (h < 0 when going back in time)."""
             if not ps:
                 return
+            if compiled_panel[0] is None:
+                compiled_panel[0] = False
+                if self.solver._compiled(rhs):  # the backward steps are compiled: the panels too
+                    compiled_panel[0] = compiled.compiled_panel(self.problem.func, shape, adj_tab, nodes, weights, ps,
+                                                                st.y, traj.dense_table(), self.solver.opts)
+            if compiled_panel[0]:
+                out = compiled_panel[0](float(st.t), float(st.h), st.y, a_next, st.ks, f_next, g_ps, ps)
+                if out is not None:
+                    g_ps[:] = out
+                    quad_nfe[0] += len(nodes)
+                    return
             outs, gouts = [], []
             with torch.enable_grad():
                 for x, w in zip(nodes, weights):
