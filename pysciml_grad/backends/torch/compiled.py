@@ -75,11 +75,14 @@ def compile_settings(value: Any) -> Dict[str, Any]:
 
 def _combine(y, hc, coeffs, ks):
     # y + sum_j (h a_j) k_j, zero coefficients skipped (traced once; they are constants).
-    out = y
+    # The increment is summed before it meets y, as in stepping.lincomb: one rounding at
+    # the scale of y per step, not one per stage.
+    inc = None
     for cj, k in zip(coeffs, ks):
         if cj != 0.0:
-            out = out + (hc * cj) * k
-    return out
+            term = (hc * cj) * k
+            inc = term if inc is None else inc + term
+    return y if inc is None else y + inc
 
 
 def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tuple = (), f64_times: bool = False):

@@ -31,8 +31,12 @@ def in_dtype_of(x: Scalar, like: torch.Tensor) -> Scalar:
 def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return ``y + h * sum_j coeffs[j] * ks[j]`` (zero coefficients skipped).
 
-    With a float ``h`` each term is one fused ``add`` (alpha = h * c_j) on a fresh
-    buffer, which is safe for autograd: ``add``'s backward needs neither operand.
+    The increment is summed first and added to ``y`` once, so a step rounds once at the
+    scale of ``y`` rather than once per stage: adding the terms to ``y`` one by one put
+    rk4's float32 state 1.1e-5 (relative) off a linear solution after 155 steps, where
+    midpoint's single addition was exact (torchdiffeq 0.2.5's float32 event test). With a
+    float ``h`` each term is one fused ``add_`` (alpha = h * c_j) into a fresh buffer,
+    which is safe for autograd: ``add``'s backward needs neither operand.
     """
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0.0]
     if not terms:
@@ -43,11 +47,7 @@ def lincomb(y: torch.Tensor, h: Scalar, coeffs: Sequence[float], ks: Sequence[to
         for c, k in terms[1:]:
             acc = acc.add_(k, alpha=c)
         return torch.addcmul(y, acc, in_dtype_of(h, y))
-    c0, k0 = terms[0]
-    out = torch.add(y, k0, alpha=h * c0)
-    for c, k in terms[1:]:
-        out.add_(k, alpha=h * c)
-    return out
+    return y + weighted_sum(h, [c for c, _ in terms], [k for _, k in terms])
 
 
 def weighted_sum(h: Scalar, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
