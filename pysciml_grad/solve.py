@@ -41,7 +41,8 @@ def odeint(
         at the end; result ``(T, B, *y0.shape[1:])``, NaN where padded; see ``batching``).
     method : ``euler, midpoint, heun, ralston, rk4, leapfrog`` (fixed step: grid ``t`` or
         ``options={"step_size": h}``) or ``heun_euler, bosh3, dopri5, tsit5`` (adaptive), or
-        ``rodas5p, rodas4, ros3p`` (adaptive Rosenbrock, for stiff problems; also ``Rodas5P`` ...).
+        ``rodas5p, rodas4, ros3p`` (adaptive Rosenbrock, for stiff problems; also ``Rodas5P`` ...),
+        ``kvaerno5, kencarp4`` (adaptive ESDIRK, stiff; ``Kvaerno5``, ``KenCarp4``; fixed with step_size).
     sensealg : how gradients are computed; default ``psg.CheckpointAdjoint()`` (torch) /
         ``psg.GaussAdjoint()`` (julia). Also ``DirectAD``, ``BacksolveAdjoint``,
         ``InterpolatingAdjoint``, ``QuadratureAdjoint``.

@@ -161,6 +161,10 @@ OUR_METHODS: Dict[str, MethodSpec] = {
     "rodas4": MethodSpec("Rodas4", stiff=True, package=_ROS),
     "rodas5p": MethodSpec("Rodas5P", stiff=True, package=_ROS),
     "ros3p": MethodSpec("ROS3P", stiff=True, package=_ROS),
+    # The torch engine's ESDIRK tables too (its kencarp4 is fully implicit, as SciML's KenCarp4
+    # is on a plain, unsplit ODEProblem).
+    "kvaerno5": MethodSpec("Kvaerno5", stiff=True, package=_SDIRK),
+    "kencarp4": MethodSpec("KenCarp4", stiff=True, package=_SDIRK),
 }
 
 #: SciML names, as the user writes them in Julia. Adaptive unless noted (Euler has no

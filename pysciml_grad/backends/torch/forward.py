@@ -22,7 +22,7 @@ from .adams import ADAMS_METHODS, AdamsSpec, integrate_adams
 from .stepping import nudge
 from .rosenbrock import RosenbrockTableau
 from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS, SCIML_NAMES as ROSENBROCK_SCIML_NAMES
-from .tableaus import IMPLICIT_TABLEAUS, TABLEAUS, ButcherTableau
+from .tableaus import ESDIRK_SCIML_NAMES, ESDIRK_TABLEAUS, IMPLICIT_TABLEAUS, TABLEAUS, ButcherTableau
 from .implicit.method import ImplicitRK
 from .implicit.jacobian import strategy_from_options
 
@@ -31,11 +31,12 @@ IMPLICIT_METHODS = tuple(IMPLICIT_TABLEAUS)
 FIXED_METHODS = ("euler", "midpoint", "heun", "ralston", "rk4", "heun3", "rk38", LEAPFROG, *ADAMS_METHODS,
                  *IMPLICIT_METHODS)
 ADAPTIVE_METHODS = ("heun_euler", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8")
-#: Adaptive stiff methods (linearly implicit, one LU per step): ``rosenbrock.py``.
-STIFF_METHODS = tuple(ROSENBROCK_TABLEAUS)
+#: Adaptive stiff methods: Rosenbrock (linearly implicit, one LU per step, ``rosenbrock.py``) and
+#: ESDIRK (Newton per stage, ``implicit/method.py``; also run fixed-step with options step_size).
+STIFF_METHODS = tuple(ROSENBROCK_TABLEAUS) + tuple(ESDIRK_TABLEAUS)
 ADAPTIVE_METHODS = ADAPTIVE_METHODS + STIFF_METHODS
 #: SciML (OrdinaryDiffEq.jl) spellings accepted as aliases on the torch engine.
-SCIML_ALIASES = dict(ROSENBROCK_SCIML_NAMES)
+SCIML_ALIASES = {**ROSENBROCK_SCIML_NAMES, **ESDIRK_SCIML_NAMES}
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
 
 
@@ -78,12 +79,18 @@ def lookup_method(name: str) -> Method:
         return Method(name, ROSENBROCK_TABLEAUS[name])
     if name in IMPLICIT_TABLEAUS:
         return Method(name, ImplicitRK(IMPLICIT_TABLEAUS[name]))
+    if name in ESDIRK_TABLEAUS:
+        return Method(name, ImplicitRK(ESDIRK_TABLEAUS[name]))
     return Method(name, None if name == LEAPFROG else TABLEAUS[name])
 
 
 def parse(problem: ODEProblem):
     method = lookup_method(problem.method)
     opts = SolverOptions.from_user(problem.options)
+    if isinstance(method.tableau, ImplicitRK) and opts.step_size is not None:
+        # An embedded-pair implicit table (kvaerno5, kencarp4) runs on the fixed grid it is given.
+        method = replace(method, tableau=method.tableau.bound(method.tableau.jacobian, method.tableau.rtol,
+                                                              method.tableau.atol, method.tableau.max_iters, fixed=True))
     if not method.adaptive and opts.step_size is None and opts.grid_constructor is None and problem.t.numel() == 2:
         # A single step over the whole interval is almost always a forgotten step_size.
         raise MissingStepSizeError(
@@ -97,14 +104,15 @@ def parse(problem: ODEProblem):
         )
     if not method.uses_jacobian and (opts.jac is not None or opts.jacobian is not None):
         raise UnknownOptionError(
-            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the fixed-step implicit "
-            f"methods {list(IMPLICIT_METHODS)}; {method.name!r} does not read them: drop them, or pick one of those"
+            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the implicit "
+            f"methods {list(IMPLICIT_METHODS) + list(ESDIRK_TABLEAUS)}; {method.name!r} does not read them: drop them, "
+            "or pick one of those"
         )
     if isinstance(method.tableau, ImplicitRK):
         # Bound to this solve: its Jacobian strategy, Newton tolerance and iteration cap.
-        method = replace(method, tableau=ImplicitRK(
-            method.tableau.table, strategy_from_options(opts.jac, opts.jacobian), _loosest(problem.rtol),
-            _loosest(problem.atol), opts.max_iters or 10))
+        method = replace(method, tableau=method.tableau.bound(
+            strategy_from_options(opts.jac, opts.jacobian), _loosest(problem.rtol), _loosest(problem.atol),
+            opts.max_iters or 10))
     if method.adams is None and (opts.max_order is not None or (opts.max_iters is not None and not method.uses_jacobian)):
         raise UnknownOptionError(
             f"options 'max_order'/'max_iters' belong to the Adams methods, not {method.name!r}; drop them "

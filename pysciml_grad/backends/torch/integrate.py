@@ -21,6 +21,7 @@ from ...errors import (
     InvalidProblemError,
     MissingStepSizeError,
     MaxStepsExceededError,
+    NewtonConvergenceError,
     NonFiniteStateError,
     StepSizeUnderflowError,
 )
@@ -28,15 +29,20 @@ from ...problem import check_rhs_meta
 from . import callbacks as _callbacks
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step, times_of
-from .stepping import dense_eval, dense_eval_many, error_ratio, in_dtype_of, leapfrog_step, nudge, rk_step
+from .stepping import (StepRejected, dense_eval, dense_eval_many, error_ratio, in_dtype_of, leapfrog_step, nudge,
+                       rk_step)
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
 
 #: What the errors of a stiff-looking solve advise: the torch engine's own stiff methods
 #: (they run everywhere), the adaptive Rosenbrock ones first, then the fixed-step implicit ones.
-STIFF_HINT = ("a stiff method: method='rodas5p' (or 'rodas4'), adaptive, or a fixed-step implicit method "
-              "such as 'radauIIA5' or 'trbdf2' with options={'step_size': h} (see docs/stiff.md)")
+STIFF_HINT = ("a stiff method: method='rodas5p' (or 'rodas4') or 'kvaerno5' (or 'kencarp4'), adaptive, or a "
+              "fixed-step implicit method such as 'radauIIA5' or 'trbdf2' with options={'step_size': h} "
+              "(see docs/stiff.md)")
+#: A trial whose implicit stages did not converge (``stepping.StepRejected``) is retried with
+#: h times this (OrdinaryDiffEq.jl's ``failfactor = 2`` halves dt the same way).
+NEWTON_SHRINK = 0.5
 
 
 class CountingRHS:
@@ -255,6 +261,7 @@ def integrate_adaptive(
     next_stop = 0
     after_jump = False  # the next accepted step starts from f just after a jump_t
     floor = opts.min_step if opts.accept_min_step else 0.0
+    newton_failure: Optional[StepRejected] = None  # the last trial's, while no step is accepted
     while i < len(ts):
         trials += 1
         if trials > opts.max_num_steps:
@@ -288,10 +295,25 @@ def integrate_adaptive(
             h = t_end - t if (differentiate_control or tensor_times) else h_f
         # The final stub up to t_end may be shorter than min_step: it is not a sign of trouble.
         if not last and abs(h_f) <= max(0.0 if floor else opts.min_step, 4 * math.ulp(abs(t_f))):
+            if newton_failure is not None:
+                raise NewtonConvergenceError(
+                    f"the step size underflowed to {abs(h_f):.3g} at t={t_f:.6g} while Newton's method kept "
+                    f"failing ({newton_failure}): check func for a discontinuity or a singular Jacobian there, "
+                    "loosen rtol/atol, or raise options['max_iters']"
+                )
             raise _underflow(opts, t_f, h_f, y, counters, nonfinite_from is not None)
         if cb.step is not None:
             cb.step(t, y, h)
-        y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl, perturb_end=on_jump)
+        try:
+            y_next, ks, err = rk_step(rhs, tab, t, y, h, k0, err_graph=grad_ctl, perturb_end=on_jump)
+        except StepRejected as failure:
+            newton_failure = failure
+            counters.n_rejected += 1
+            if cb.reject is not None:
+                cb.reject(t, y, h)
+            h = (h * NEWTON_SHRINK) if differentiate_control else h_f * NEWTON_SHRINK
+            continue
+        newton_failure = None
         with torch.set_grad_enabled(grad_ctl):
             if ratio_fn is None:
                 ratio_t = error_ratio(err, y, y_next, rtol, atol)

@@ -13,10 +13,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ...errors import NewtonConvergenceError
 from .tableaus import ButcherTableau
 
 Scalar = Union[float, torch.Tensor]
 RHS = Callable[[Scalar, torch.Tensor], torch.Tensor]
+
+
+class StepRejected(NewtonConvergenceError):
+    """A trial step that could not be computed at this step size but may be at a smaller
+    one (an adaptive implicit method's Newton iteration diverged or its matrix was singular).
+    The adaptive loop rejects the trial and shrinks h (``integrate.NEWTON_SHRINK``); raised
+    anywhere else it is the :class:`NewtonConvergenceError` it derives from."""
 
 
 def in_dtype_of(x: Scalar, like: torch.Tensor) -> Scalar:
@@ -119,7 +127,7 @@ def rk_step(
     its own step: Newton on the stage equations, see ``implicit/method.py``.
     """
     if not isinstance(tab, ButcherTableau):
-        return tab.step(rhs, t, y, h, k0, perturb_start=perturb_start, perturb_end=perturb_end)
+        return tab.step(rhs, t, y, h, k0, perturb_start=perturb_start, perturb_end=perturb_end, err_graph=err_graph)
     if k0 is None:
         k0 = rhs(nudge(t, t + h, y) if perturb_start else t, y)
     ks = [k0]

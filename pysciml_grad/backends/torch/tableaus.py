@@ -419,3 +419,115 @@ IMPLICIT_TABLEAUS = {
     tab.name: tab
     for tab in (IMPLICIT_EULER, IMPLICIT_MIDPOINT, TRAPEZOID, RADAU_IIA3, RADAU_IIA5, GL4, GL6, SDIRK2, TRBDF2)
 }
+
+
+# --- Adaptive ESDIRK tables (embedded pairs) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedImplicitTableau(ImplicitTableau):
+    """A singly diagonally implicit RK method with an explicit first stage (ESDIRK) and an
+    embedded pair: the stages are those of :class:`ImplicitTableau` (a_11 = 0, c_1 = 0, so
+    K_1 = f(t_n, y_n); a_ii = gamma for i > 1), the error estimate is
+
+        err = h sum_i b_err_i K_i,   b_err = b - b_hat,
+
+    ``error_order`` the order of b_hat (the controller's exponent). ``smooth_error``:
+    the estimate handed to the controller is (I - gamma h J)^{-1} err, the filter of
+    Hairer & Wanner, *Solving ODEs II*, IV.8, eq. (8.20) (there for Radau5), which keeps
+    err bounded as h lambda -> -inf (the raw combination grows like h lambda on stiff
+    components and would force tiny steps); OrdinaryDiffEq.jl applies the same W-solve
+    to these methods' estimates (``smooth_est = true`` by default). ``fsal``: the table
+    is stiffly accurate (b = last row of a, c_s = 1), so K_s = f(t_n + h, y_{n+1}) up to
+    the Newton tolerance and serves as the next step's K_1.
+
+    Dense output: cubic Hermite through (y_n, K_1) and (y_{n+1}, K_s) (``stepping.hermite``),
+    as diffrax does for these methods (``ThirdOrderHermitePolynomialInterpolation``).
+    """
+
+    b_err: Row = ()
+    error_order: int = 0
+    fsal: bool = False
+    smooth_error: bool = True
+
+    adaptive = True
+
+    @property
+    def gamma(self) -> float:
+        return self.a[-1][-1]
+
+
+def _esdirk_rows(gamma: float, lower: Tuple[Row, ...]) -> Tuple[Row, ...]:
+    """The full s x s matrix from the strictly lower rows 2..s and the diagonal (0, gamma, ...)."""
+    s = len(lower) + 1
+    rows = [(0.0,) * s]
+    for i, row in enumerate(lower, start=1):
+        rows.append(tuple(row) + (gamma,) + (0.0,) * (s - i - 1))
+    return tuple(rows)
+
+
+# Kvaerno (2004), "Singly diagonally implicit Runge-Kutta methods with an explicit first
+# stage", BIT 44, 489-502: the 7-stage 5(4) pair, L-stable, stiffly accurate, gamma = 0.26.
+# Coefficients read from OrdinaryDiffEq.jl (github.com/SciML/OrdinaryDiffEq.jl at
+# b211787f7b18d3c5391121bd8c9e2d5fee54efee, lib/OrdinaryDiffEqSDIRK/src/sdirk_tableaus.jl,
+# ``Kvaerno5Tableau``) and cross-checked digit for digit against diffrax
+# (github.com/patrick-kidger/diffrax at 5ea5fcb05058bd22548300a10ea5ef5ce7fb75bb = diffrax 0.7.2,
+# diffrax/_solver/kvaerno5.py): a, c and the embedded weights agree (OrdinaryDiffEq's
+# btilde = a_6 - a_7 is the negative of diffrax's b_error = a_7 - a_6). b_hat is row 6.
+_KV_G = 0.26
+_KV_LOWER = (
+    (_KV_G,),
+    (0.13, 0.84033320996790809),
+    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
+    (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
+    (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676),
+    (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403,
+     0.06962479448202728),
+)
+_KV_A = _esdirk_rows(_KV_G, _KV_LOWER)
+KVAERNO5 = EmbeddedImplicitTableau(
+    "kvaerno5",
+    5,
+    # Upstream's c (OrdinaryDiffEq c3..c6, diffrax c); equal to the row sums of a to 1e-15 (a test checks).
+    c=(0.0, 0.52, 1.230333209967908, 0.895765984350076, 0.436393609858648, 1.0, 1.0),
+    a=_KV_A,
+    b=_KV_A[-1],
+    l_stable=True,
+    b_err=tuple(b - bh for b, bh in zip(_KV_A[-1], _KV_A[-2])),
+    error_order=4,
+    fsal=True,
+)
+
+# Kennedy & Carpenter (2003), "Additive Runge-Kutta schemes for convection-diffusion-reaction
+# equations", Appl. Numer. Math. 44, 139-181: ARK4(3)6L[2]SA, its ESDIRK half (6 stages,
+# L-stable, stiffly accurate, gamma = 1/4), run fully implicit here (no IMEX split).
+# Coefficients read from OrdinaryDiffEq.jl (same commit, same file, ``KenCarp4Tableau``:
+# a_ij, btilde = b_hat - b, c3..c5) and cross-checked against diffrax
+# (same commit, diffrax/_solver/kencarp4.py: ``_implicit_tableau``, ``_b_sol_embedded``):
+# every fraction agrees, and b_hat - b computed from diffrax's b_hat gives OrdinaryDiffEq's btilde.
+_KC_G = 0.25
+_KC_LOWER = (
+    (_KC_G,),
+    (8611 / 62500, -1743 / 31250),
+    (5012029 / 34652500, -654441 / 2922500, 174375 / 388108),
+    (15267082809 / 155376265600, -71443401 / 120774400, 730878875 / 902184768, 2285395 / 8070912),
+    (82889 / 524892, 0.0, 15625 / 83664, 69875 / 102672, -2260 / 8211),
+)
+_KC_A = _esdirk_rows(_KC_G, _KC_LOWER)
+_KC_B_HAT = (4586570599 / 29645900160, 0.0, 178811875 / 945068544, 814220225 / 1159782912,
+             -3700637 / 11593932, 61727 / 225920)
+KENCARP4 = EmbeddedImplicitTableau(
+    "kencarp4",
+    4,
+    c=(0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0),
+    a=_KC_A,
+    b=_KC_A[-1],
+    l_stable=True,
+    b_err=tuple(b - bh for b, bh in zip(_KC_A[-1], _KC_B_HAT)),
+    error_order=3,
+    fsal=True,
+)
+
+ESDIRK_TABLEAUS = {tab.name: tab for tab in (KVAERNO5, KENCARP4)}
+#: SciML's spellings (OrdinaryDiffEq.jl algorithm names) for the same tables.
+ESDIRK_SCIML_NAMES = {"Kvaerno5": "kvaerno5", "KenCarp4": "kencarp4"}

@@ -211,8 +211,8 @@ class BackwardSolver:
         self.opts = replace(opts, step_size=None) if method.adaptive else opts
         if isinstance(method.tableau, ImplicitRK):
             # Its own Newton cache and the adjoint's tolerances; the forward's Jacobian strategy.
-            method = replace(method, tableau=ImplicitRK(method.tableau.table, strategy_from_options(opts.jac, opts.jacobian),
-                                                        rtol, atol, opts.max_iters or 10))
+            method = replace(method, tableau=method.tableau.bound(strategy_from_options(opts.jac, opts.jacobian),
+                                                                  rtol, atol, opts.max_iters or 10))
             self.method = method
         if not method.adaptive and opts.step_size is None and not forward_grid:
             raise InvalidProblemError(

@@ -28,6 +28,13 @@ autograd finds every parameter func reads, closures included) and ``LinearSolve`
 exactly and the derivative is the IFT's, so DirectAD, and CheckpointAdjoint (whose replay
 runs the step under autograd), give the exact gradient of the discrete map y_n -> y_{n+1}
 defined by the converged stages (to the Newton tolerance, which the user's rtol/atol set).
+
+Adaptive ESDIRK tables (``tableaus.EmbeddedImplicitTableau``: kvaerno5, kencarp4) add the
+embedded estimate err = h sum_i (b_i - b_hat_i) K_i, filtered by (I - gamma h J)^{-1} with
+the LU Newton already holds; a trial whose Newton iteration fails (after a fresh Jacobian,
+and full Newton) raises ``stepping.StepRejected``, which the adaptive loop turns into a rejected step with a
+smaller h. Bound with ``fixed=True`` (``options={'step_size': h}``) the same table is a
+fixed-step method: no estimate, no FSAL, Newton failure an error as for the other tables.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from ....errors import NewtonConvergenceError
-from ..stepping import lincomb, nudge
+from ..stepping import StepRejected, lincomb, nudge, weighted_sum
 from ..tableaus import FixedStepImplicit, ImplicitTableau
 from . import newton
 from .jacobian import DenseJacobian, JacobianStrategy
@@ -74,8 +81,10 @@ class ImplicitRK(FixedStepImplicit):
     """
 
     def __init__(self, table: ImplicitTableau, jacobian: Optional[JacobianStrategy] = None,
-                 rtol: float = 1e-7, atol: float = 1e-9, max_iters: int = 10):
+                 rtol: float = 1e-7, atol: float = 1e-9, max_iters: int = 10, fixed: bool = False):
         self.table = table
+        #: run an embedded-pair table on a fixed grid (options step_size): estimate and FSAL off
+        self.fixed = fixed
         self.name, self.order, self.c = table.name, table.order, table.c
         self.jacobian = DenseJacobian() if jacobian is None else jacobian
         self.rtol, self.atol, self.max_iters = rtol, atol, max_iters
@@ -91,9 +100,31 @@ class ImplicitRK(FixedStepImplicit):
     def stages(self) -> int:
         return self.table.stages
 
+    # What the loops read off a table: an embedded-pair table is adaptive unless bound fixed.
+    @property
+    def adaptive(self) -> bool:
+        return bool(self.table.adaptive) and not self.fixed
+
+    @property
+    def b_err(self):
+        return self.table.b_err if self.adaptive else None
+
+    @property
+    def error_order(self):
+        return self.table.error_order if self.adaptive else None
+
+    @property
+    def fsal(self) -> bool:
+        return bool(self.table.fsal) and self.adaptive
+
     def fresh(self, rtol: float, atol: float) -> "ImplicitRK":
         """The same method with an empty cache and these tolerances (an adjoint's backward solve)."""
-        return ImplicitRK(self.table, self.jacobian, rtol, atol, self.max_iters)
+        return ImplicitRK(self.table, self.jacobian, rtol, atol, self.max_iters, self.fixed)
+
+    def bound(self, jacobian: JacobianStrategy, rtol: float, atol: float, max_iters: int,
+              fixed: Optional[bool] = None) -> "ImplicitRK":
+        """The same table bound to a solve: its Jacobian strategy, Newton tolerances and cap."""
+        return ImplicitRK(self.table, jacobian, rtol, atol, max_iters, self.fixed if fixed is None else fixed)
 
     # ------------------------------------------------------------ Jacobians
     def _jac(self, rhs: Callable, t: Scalar, y: torch.Tensor) -> torch.Tensor:
@@ -129,8 +160,10 @@ class ImplicitRK(FixedStepImplicit):
 
     # ------------------------------------------------------------------ step
     def step(self, rhs: Callable, t: Scalar, y: torch.Tensor, h: Scalar, k0: Optional[torch.Tensor] = None,
-             perturb_start: bool = False, perturb_end: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor], None]:
-        """(y_{n+1}, [f(t, y), K_1, ..., K_s], None); see the module docstring.
+             perturb_start: bool = False, perturb_end: bool = False, err_graph: bool = True,
+             ) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor]]:
+        """(y_{n+1}, [f(t, y), K_1, ..., K_s], err); see the module docstring. ``err`` is the
+        filtered embedded estimate for an adaptive table, else None.
         ``perturb_start`` / ``perturb_end``: f is evaluated one ulp inside the step at
         stages with c = 0 / c = 1 (torchdiffeq's ``perturb``)."""
         self._perturb = (perturb_start, perturb_end)
@@ -146,16 +179,26 @@ class ImplicitRK(FixedStepImplicit):
                 self._refresh(rhs, t_jac, yd)
             else:
                 self._fresh = False
-            for attempt in (("fresh", "full") if self._fresh else ("cached", "fresh", "full")):
+            attempts = ("fresh", "full") if self._fresh else ("cached", "fresh", "full")
+            for attempt in attempts:
                 try:
                     K, worst = self._solve(rhs, t_f, yd, h_f, k0d, scale, full=attempt == "full")
                     break
-                except SingularMatrixError:
-                    if attempt == "full":
+                except SingularMatrixError as err:
+                    if attempt == attempts[-1]:
+                        if self.adaptive:
+                            self._J = None
+                            raise StepRejected(str(err)) from None
                         raise
                     self._refresh(rhs, t_jac, yd)
                 except _Diverged as err:
-                    if attempt == "full":
+                    if attempt == attempts[-1] and self.adaptive:
+                        self._J = None
+                        raise StepRejected(
+                            f"Newton's method for the implicit stages of {self.name!r} did not converge at "
+                            f"t={t_f:.6g} with step size {abs(h_f):.3g} ({err}), even with the Jacobian evaluated at every iterate"
+                        ) from None
+                    if attempt == attempts[-1]:
                         raise NewtonConvergenceError(
                             f"Newton's method for the implicit stages of {self.name!r} did not converge at "
                             f"t={t_f:.6g} with step size {abs(h_f):.3g} ({err}), even with the Jacobian "
@@ -164,10 +207,20 @@ class ImplicitRK(FixedStepImplicit):
                         ) from None
                     if not self._fresh:
                         self._refresh(rhs, t_jac, yd)
+            smoothing = None
+            if self.adaptive and self.table.smooth_error:
+                smoothing = self._matrix(h_f * self.table.gamma, t_f)  # the LU Newton used (cached)
             if worst > newton.SLOW_RATE:
                 self._J = None  # converged slowly: evaluate J afresh at the next step
         Ks = self._attach_gradient(rhs, t, y, h, K) if torch.is_grad_enabled() else list(K.unbind(0))
-        return lincomb(y, h, self.table.b, Ks), [k0] + Ks, None
+        err = None
+        if self.adaptive:
+            with torch.set_grad_enabled(err_graph and torch.is_grad_enabled()):
+                err = weighted_sum(h, self.table.b_err, Ks)
+                if smoothing is not None:
+                    # (I - gamma h J)^{-1} err; its derivative holds J fixed (it only steers h).
+                    err = LinearSolve.apply(err, smoothing)
+        return lincomb(y, h, self.table.b, Ks), [k0] + Ks, err
 
     def _stage_time(self, t: Scalar, h: Scalar, i: int, y: Optional[torch.Tensor] = None) -> Scalar:
         c = self.table.c[i]
