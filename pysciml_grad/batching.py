@@ -144,7 +144,7 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     sensealg = sa.CheckpointAdjoint() if sensealg is None else sensealg
     continuous = (sa.BacksolveAdjoint, sa.InterpolatingAdjoint, sa.QuadratureAdjoint)
     ok = (isinstance(sensealg, sa.DirectAD) and not sensealg.through_controller) or (
-        isinstance(sensealg, sa.CheckpointAdjoint) and sensealg.max_checkpoints is None) or isinstance(sensealg, continuous)
+        isinstance(sensealg, sa.CheckpointAdjoint)) or isinstance(sensealg, continuous)
     if not ok:
         raise UnsupportedSensitivityError(
             f"sensealg={sensealg!r} is not available with PerSampleSteps: use psg.CheckpointAdjoint() "
@@ -165,7 +165,8 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
             raise InvalidTimeError(f"PerSampleSteps takes a scalar {name}, got a tensor of shape {tuple(tol.shape)}")
     rtol, atol = float(rtol), float(atol)
     opts = SolverOptions.from_user({k: v for k, v in options.items() if k != "steps"})
-    solver = persample.PerSampleSolver(func, TABLEAUS[method], t.to(torch.float64), lengths, rtol, atol, opts)
+    budget = sensealg.max_checkpoints if isinstance(sensealg, sa.CheckpointAdjoint) else None
+    solver = persample.PerSampleSolver(func, TABLEAUS[method], t.to(torch.float64), lengths, rtol, atol, opts, budget)
     ps = list(params or [])
     if isinstance(func, torch.nn.Module):
         ps = list(func.parameters()) + [p for p in ps if all(p is not q for q in func.parameters())]
@@ -191,6 +192,9 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     tried = int(rec.n_active_t) if rec.n_active_t is not None else 0
     stats = SolveStats(nfe=rec.nfe, n_steps=accepted, n_rejected=tried - accepted)
     stats.extra["trials"] = rec.n_trials
+    if isinstance(sensealg, sa.CheckpointAdjoint):
+        stats.extra["stored_trial_states"] = solver.stored_states
+        solver.stats = stats  # the backward pass adds the most trial states it held at once
     return ys, stats
 
 

@@ -149,6 +149,7 @@ def test_continuous_adjoint_with_per_sample_steps_matches_the_exact_sensitivity_
 
 @pytest.mark.parametrize("kw, error, match", [
     (dict(sensealg=psg.BacksolveAdjoint(adjoint_method="rk4")), psg.errors.UnknownMethodError, "backward solve steps per sample"),
+    (dict(sensealg=psg.DirectAD(through_controller=True)), psg.errors.UnsupportedSensitivityError, "not available with PerSampleSteps"),
     (dict(method="rk4"), psg.errors.UnknownMethodError, "adaptive Runge-Kutta"),
     (dict(options={"steps": psg.PerSampleSteps(), "norm": psg.PerSampleNorm()}), psg.errors.UnknownOptionError, "not available with PerSampleSteps"),
     (dict(options={"steps": "per_sample"}), psg.errors.UnknownOptionError, "must be psg.PerSampleSteps"),
@@ -187,3 +188,29 @@ def test_per_sample_steps_blow_up_raises_naming_the_sample():
     y0 = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
     with pytest.raises(psg.errors.StepSizeUnderflowError, match=r"sample\(s\) \[0\]"):
         psg.odeint(lambda t, y: y**2, y0, torch.tensor([0.0, 1.9], dtype=torch.float64), options=STEPS)
+
+
+@pytest.mark.parametrize("budget", [2, 5])
+def test_checkpoint_adjoint_with_a_budget_equals_the_unbounded_one_and_holds_at_most_k_states(budget):
+    # max_checkpoints=k: the forward keeps about k/2 trial states, the backward recomputes
+    # the rest (revolve in the free slots) by the same masked step: the same gradient to
+    # rounding, with at most k trial states held at any time.
+    func = TimeDependent()
+    ps = list(func.parameters())
+    y0 = torch.tensor(Y0, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(RAGGED_OWN_SPANS, dtype=torch.float64)
+    opts = dict(STEPS, return_stats=True)
+    out = {}
+    for k in (None, budget):
+        ys, stats = psg.odeint(func, y0, t, rtol=1e-10, atol=1e-12, sensealg=psg.CheckpointAdjoint(max_checkpoints=k),
+                               options=opts)
+        out[k] = (torch.autograd.grad(_loss(ys), [y0, *ps]), stats)
+    (g_all, s_all), (g_k, s_k) = out[None], out[budget]
+    for a, b in zip(g_all, g_k):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()
+    trials = s_all.extra["trials"]
+    assert trials > 10
+    assert s_all.extra["stored_trial_states"] == trials
+    assert s_k.extra["stored_trial_states"] <= max(1, budget // 2)
+    assert s_k.extra["peak_held_trial_states"] <= budget
+    assert s_k.extra["recomputed_trials"] >= trials - budget  # the others were recomputed

@@ -18,7 +18,10 @@ gathered evaluation.
 
 Gradients:
 * DirectAD: autograd through the loop (step sizes and acceptances held constant).
-* CheckpointAdjoint: the forward keeps every trial's (t, h, accepted, y) without a graph;
+* CheckpointAdjoint: the forward keeps every trial's (t, h, accepted, y) without a graph
+  (with ``max_checkpoints=k`` only about k/2 of the states y, uniformly spaced by
+  ``schedule.OnlineThinning``; the backward pass recomputes the others with the same
+  masked step, revolve in the free slots, ``schedule.reverse``, so at most k are held);
   the backward replays trial n from its y_n with autograd,
   y_{n+1} = where(accepted_n, Phi(t_n, h_n, y_n), y_n), and chains the exact
   vector-Jacobian products backwards (Zhuang et al. 2020, ACA; each sample replays
@@ -37,6 +40,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ...errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
+from .adjoints.schedule import Counter, OnlineThinning, reverse
 from .stepping import _dense_table
 from .tableaus import ButcherTableau
 
@@ -70,6 +74,9 @@ class Record:
     keep_stages: bool = False
     keep_trials: bool = True  # False: O(1) memory in the steps (BacksolveAdjoint's forward, the backward solves)
     n_trials: int = 0
+    # CheckpointAdjoint(max_checkpoints=k): a schedule.OnlineThinning that keeps the start
+    # states of some trials; the trials themselves then keep only (t, h, accepted, saves).
+    store: Optional[object] = None
     y_end: Optional[torch.Tensor] = None  # every sample's state at its t_end
 
 
@@ -236,6 +243,9 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
             vals = torch.where(_bcast(at_end, vals), y_next[b_idx], vals)
             blocks.append((j_idx, b_idx, vals))
             trial.save_j, trial.save_b, trial.theta = j_idx, b_idx, theta
+        if rec.store is not None:
+            rec.store.offer(rec.n_trials, trial.y)
+            trial.y = None
         rec.n_trials += 1
         if rec.keep_trials or rec.keep_stages:
             rec.trials.append(trial)
@@ -282,11 +292,40 @@ class _Checkpointed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, solver, y0, *params):
+        record = Record()
+        if solver.budget is not None:
+            # about k/2 uniformly spaced trial states while the number of trials is unknown;
+            # the backward pass reverses the segments between them with the other slots
+            record.store = OnlineThinning(lambda stride, k=max(1, solver.budget // 2): k)
         with torch.no_grad():
-            blocks, rec = solver.run(y0, Record())
+            blocks, rec = solver.run(y0, record)
         ctx.solver, ctx.rec, ctx.n_params = solver, rec, len(params)
+        solver.stored_states = len(rec.store.states) if rec.store is not None else len(rec.trials)
         ctx.save_for_backward(*params)
         return assemble(blocks, y0, solver.t.shape[1])
+
+    @staticmethod
+    def _states(solver, rec):
+        """(trial, its start state) for the trials in reverse order: the stored states, or
+        with a budget, ``schedule.reverse`` recomputing the others (revolve in the free
+        slots) by the same masked step the forward took."""
+        if rec.store is None:
+            for trial in reversed(rec.trials):
+                yield trial, trial.y
+            return
+
+        def advance(n, y):
+            tr = rec.trials[n]
+            with torch.no_grad():
+                y_next, _, _ = trial_step(solver.func, solver.tab, tr.t, tr.h, y, solver.func(tr.t.to(y.dtype), y))
+                return torch.where(_bcast(tr.accepted, y), y_next, y)
+
+        counter = Counter()
+        for n, y in reverse(len(rec.trials), rec.store.states, advance, solver.budget, counter):
+            yield rec.trials[n], y
+        if solver.stats is not None:
+            solver.stats.extra["peak_held_trial_states"] = counter.peak_held
+            solver.stats.extra["recomputed_trials"] = counter.recomputed
 
     @staticmethod
     def backward(ctx, g):
@@ -296,10 +335,12 @@ class _Checkpointed(torch.autograd.Function):
         ps = [params[i] for i in wanted]
         g_ps = [torch.zeros_like(p) for p in ps]
         tab, func = solver.tab, solver.func
-        a = torch.zeros_like(rec.trials[0].y)
-        for trial in reversed(rec.trials):
+        a = None
+        for trial, y_start in _Checkpointed._states(solver, rec):
+            if a is None:
+                a = torch.zeros_like(y_start)
             with torch.enable_grad():
-                y = trial.y.detach().requires_grad_(True)
+                y = y_start.detach().requires_grad_(True)
                 k0 = func(trial.t.to(y.dtype), y)
                 y_next, ks, _ = trial_step(func, tab, trial.t, trial.h, y, k0)
                 outs = [torch.where(_bcast(trial.accepted, y), y_next, y)]
@@ -331,8 +372,11 @@ class _Checkpointed(torch.autograd.Function):
 class PerSampleSolver:
     """The per-sample-steps solve of one problem (validated inputs), for either sensealg."""
 
-    def __init__(self, func, tab, t, lengths, rtol, atol, opts):
+    def __init__(self, func, tab, t, lengths, rtol, atol, opts, budget: Optional[int] = None):
         self.func, self.tab, self.t, self.lengths = func, tab, t, lengths
+        self.budget = budget  # CheckpointAdjoint(max_checkpoints=...)
+        self.stored_states = 0
+        self.stats = None
         self.rtol, self.atol, self.opts = rtol, atol, opts
         rows = torch.arange(len(t), device=t.device)
         self.t_end = t[rows, lengths - 1]
