@@ -221,6 +221,23 @@ PER_SAMPLE_STEPS = [
     'dL/dtheta, and against finite differences for dL/dt (2-D t), on ragged rows with their own spans.',
     'Engine: `pysciml_grad/backends/torch/persample.py`, `persample_adjoint.py`; tests:',
     '`tests/test_per_sample_steps.py`.',
+    '',
+    '### Finished samples stop costing: `PerSampleSteps(compact=True)`',
+    '',
+    'By default `func` is evaluated on the whole batch at every trial and finished samples are',
+    'masked. With `compact=True`, whenever the number of unfinished samples has fallen to half the',
+    'rows `func` was last evaluated on, the working set shrinks to the unfinished rows (gathered with',
+    "`index_select`, results scattered back with `index_copy`); the set is read from the trial's one",
+    'host transfer, so compaction adds no synchronisation, and it shrinks at most log2(B) times, so',
+    'there is no per-trial reallocation. `func` then receives fewer rows than `y0` has: it must be',
+    'row-independent (true of per-sample steps anyway) and must not index by batch row (a per-sample',
+    'tensor of shape (B, ...) captured in `func` would no longer line up), which is why it is opt-in.',
+    'Results and gradients equal the uncompacted ones (to 1e-12 in the tests: finished rows take a',
+    "zero step either way). Compacted: the forward loop, CheckpointAdjoint's replay (each trial",
+    "replays on the rows it was taken on) and InterpolatingAdjoint(checkpointing=True)'s forward",
+    "re-solves; the continuous adjoints' backward solves still evaluate every row.",
+    '',
+    '--8<-- "benchmarks/persample_compact.md"',
 ]
 
 

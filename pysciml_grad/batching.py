@@ -111,10 +111,24 @@ class PerSampleSteps:
     continuous adjoints ``BacksolveAdjoint``, ``InterpolatingAdjoint`` (with or without
     checkpointing) and ``QuadratureAdjoint``, whose backward solve steps per sample too.
     The engine is ``backends/torch/persample.py`` and ``persample_adjoint.py``.
+
+    ``compact=True``: finished samples stop costing. Whenever the number of unfinished
+    samples has fallen to half the rows func was last evaluated on, func is evaluated on the
+    unfinished rows only (gathered, results scattered back; the working set is read from
+    the trial's one host transfer, and it shrinks at most log2(B) times, so no per-trial
+    reallocation). func then receives fewer rows than y0 has, so it must not index by batch
+    row (a per-sample tensor of shape (B, ...) captured in func would no longer line up):
+    that is why it is opt-in. Gradients are those of the uncompacted loop (finished rows
+    take a zero step either way). The continuous adjoints' backward solves run uncompacted.
     """
 
+    def __init__(self, compact: bool = False):
+        if not isinstance(compact, bool):
+            raise UnknownOptionError(f"PerSampleSteps(compact={compact!r}): compact must be True or False")
+        self.compact = compact
+
     def __repr__(self) -> str:
-        return "PerSampleSteps()"
+        return "PerSampleSteps(compact=True)" if self.compact else "PerSampleSteps()"
 
 
 def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, atol=1e-9, sensealg=None,
@@ -166,7 +180,8 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     rtol, atol = float(rtol), float(atol)
     opts = SolverOptions.from_user({k: v for k, v in options.items() if k != "steps"})
     budget = sensealg.max_checkpoints if isinstance(sensealg, sa.CheckpointAdjoint) else None
-    solver = persample.PerSampleSolver(func, TABLEAUS[method], t.to(torch.float64), lengths, rtol, atol, opts, budget)
+    solver = persample.PerSampleSolver(func, TABLEAUS[method], t.to(torch.float64), lengths, rtol, atol, opts, budget,
+                                       options["steps"].compact)
     ps = list(params or [])
     if isinstance(func, torch.nn.Module):
         ps = list(func.parameters()) + [p for p in ps if all(p is not q for q in func.parameters())]
@@ -192,6 +207,7 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     tried = int(rec.n_active_t) if rec.n_active_t is not None else 0
     stats = SolveStats(nfe=rec.nfe, n_steps=accepted, n_rejected=tried - accepted)
     stats.extra["trials"] = rec.n_trials
+    stats.extra["compactions"] = rec.compactions
     if isinstance(sensealg, sa.CheckpointAdjoint):
         stats.extra["stored_trial_states"] = solver.stored_states
         solver.stats = stats  # the backward pass adds the most trial states it held at once

@@ -56,6 +56,7 @@ class Trial:
     accepted: torch.Tensor
     y: torch.Tensor
     t_new: torch.Tensor
+    rows: Optional[torch.Tensor] = None  # the working set func was evaluated on (compaction), None: all
     save_j: Optional[torch.Tensor] = None
     save_b: Optional[torch.Tensor] = None
     theta: Optional[torch.Tensor] = None
@@ -74,6 +75,7 @@ class Record:
     keep_stages: bool = False
     keep_trials: bool = True  # False: O(1) memory in the steps (BacksolveAdjoint's forward, the backward solves)
     n_trials: int = 0
+    compactions: int = 0
     # CheckpointAdjoint(max_checkpoints=k): a schedule.OnlineThinning that keeps the start
     # states of some trials; the trials themselves then keep only (t, h, accepted, saves).
     store: Optional[object] = None
@@ -108,6 +110,28 @@ def trial_step(func: Callable, tab: ButcherTableau, t: torch.Tensor, h: torch.Te
         e = sum(k * b for b, k in zip(tab.b_err, ks) if b != 0.0)
         err = hb * e
     return y_next, ks, err
+
+
+def step_rows(func: Callable, tab: ButcherTableau, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
+              k0: torch.Tensor, rows: Optional[torch.Tensor]):
+    """``trial_step`` with func evaluated only on the working set ``rows`` (all when None),
+    scattered back to the batch: outside it y_next = y and the stages are k0's. Those rows
+    are finished samples (h_b = 0, never accepted), for which the full step gives
+    y + 0 * (...) = y too, so the result and its gradient are those of the full step."""
+    if rows is None:
+        return trial_step(func, tab, t, h, y, k0)
+    y_next, ks, err = trial_step(func, tab, t[rows], h[rows], y[rows], k0[rows])
+    ks = [k0] + [k0.index_copy(0, rows, k) for k in ks[1:]]
+    err = None if err is None else torch.zeros_like(y).index_copy(0, rows, err)
+    return y.index_copy(0, rows, y_next), ks, err
+
+
+def eval_rows(func: Callable, t: torch.Tensor, y: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """func(t, y) on the working set ``rows`` (all when None); zeros elsewhere."""
+    if rows is None:
+        return func(t.to(y.dtype), y)
+    k = func(t[rows].to(y.dtype), y[rows])
+    return torch.zeros((len(y), *k.shape[1:]), dtype=k.dtype, device=k.device).index_copy(0, rows, k)
 
 
 def dense_at(tab: ButcherTableau, theta: torch.Tensor, h: torch.Tensor, y: torch.Tensor, y_next: torch.Tensor,
@@ -155,7 +179,7 @@ def initial_steps(func: Callable, tab: ButcherTableau, t0: torch.Tensor, y0: tor
 def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: torch.Tensor, y0: torch.Tensor,
               rtol, atol, opts, record: Optional[Record], direction: Optional[float] = None,
               ratio_fn: Optional[Callable] = None, on_trial: Optional[Callable] = None,
-              serve: bool = True) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
+              serve: bool = True, compact: bool = False) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
     """The per-sample loop. ``t`` (B, T) float64, NaN-padded after ``lengths``; returns the
     served save values as blocks (save index j (n,), sample b (n,), values (n, *state)).
 
@@ -163,7 +187,12 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
     whose span is zero, t[b, 0] == t[b, 1], is idle from the start), ``ratio_fn(err, y,
     y_next) -> (B,)`` for their blockwise norm, ``on_trial(t, h, accepted, y, y_next, ks,
     k_next)`` after each trial (their parameter quadrature), ``serve=False`` (no saves
-    served: only ``rec.y_end`` is wanted)."""
+    served: only ``rec.y_end`` is wanted).
+
+    ``compact=True`` (``PerSampleSteps(compact=True)``): whenever the number of unfinished
+    samples has fallen to half the rows func is evaluated on, the working set shrinks to the
+    unfinished ones (read from the trial's one host transfer, so no extra synchronisation;
+    at most log2(B) re-compactions, not one per trial) and func sees only those rows."""
     rec = record if record is not None else Record()
     B, T = t.shape
     rows = torch.arange(B, device=t.device)
@@ -188,12 +217,14 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
     blocks = []
     tsave = torch.where(torch.isnan(t), torch.full_like(t, math.inf * direction), t)
     trials = 0
+    rows_w: Optional[torch.Tensor] = None  # compaction's working set (None: every row)
+    n_rows = B
     while True:
         remaining = direction * (t_end - tcur)
         active = remaining > 0
         h = direction * torch.where(active, torch.minimum(habs, remaining), torch.zeros_like(habs))
         last = active & (habs >= remaining)
-        y_next, ks, err = trial_step(func, tab, tcur, h, y, k0)
+        y_next, ks, err = step_rows(func, tab, tcur, h, y, k0, rows_w)
         rec.nfe += len(tab.c) - 1
         with torch.no_grad():
             ratio = ratio_fn(err, y, y_next)
@@ -205,8 +236,10 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
             served = torch.zeros_like(served)
         tiny = active & (habs <= 4 * torch.finfo(torch.float64).eps * tcur.abs().clamp_min(1.0))
         # The one host synchronisation per trial: all done? which saves were served? trouble?
-        host = torch.cat([served.reshape(-1), tiny.any().reshape(1), (active & ~finite).any().reshape(1),
-                          active.any().reshape(1)]).cpu()
+        host = torch.cat([active if compact else active[:0], served.reshape(-1), tiny.any().reshape(1),
+                          (active & ~finite).any().reshape(1), active.any().reshape(1)]).cpu()
+        if compact:
+            host_active, host = host[:B], host[B:]
         if not bool(host[-1]):
             break
         trials += 1
@@ -227,14 +260,14 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
                 "problem is stiff; loosen rtol/atol or shorten the interval"
             )
         pairs = host[:-3].reshape(B, T).nonzero()
-        trial = Trial(tcur, h, accepted, y.detach() if record is not None else y, t_new)
+        trial = Trial(tcur, h, accepted, y.detach() if record is not None else y, t_new, rows_w)
         k_next = ks[-1] if tab.fsal else None
         if len(pairs):
             # host -> device without waiting for the device queue
             b_idx, j_idx = pairs[:, 0].to(t.device, non_blocking=True), pairs[:, 1].to(t.device, non_blocking=True)
             theta = (t[b_idx, j_idx] - tcur[b_idx]) / h[b_idx]
             if k_next is None and tab.dense is None:
-                k_next = func(t_new.to(y.dtype), y_next)
+                k_next = eval_rows(func, t_new, y_next, rows_w)
                 rec.nfe += 1
             vals = dense_at(tab, theta, h[b_idx], y[b_idx], y_next[b_idx], [k[b_idx] for k in ks],
                             None if k_next is None else k_next[b_idx])
@@ -251,7 +284,7 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
             rec.trials.append(trial)
         acc_b = _bcast(accepted, y)
         if k_next is None:
-            k_next = func(t_new.to(y.dtype), y_next)
+            k_next = eval_rows(func, t_new, y_next, rows_w)
             rec.nfe += 1
         if rec.keep_stages:
             trial.y_next, trial.ks, trial.k_next = y_next.detach(), [k.detach() for k in ks], k_next.detach()
@@ -265,6 +298,13 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
         habs = torch.where(active, (habs * factor).clamp(max=opts.max_step), habs)
         rec.n_accepted_t = rec.n_accepted_t + accepted.sum() if rec.n_accepted_t is not None else accepted.sum()
         rec.n_active_t = rec.n_active_t + active.sum() if rec.n_active_t is not None else active.sum()
+        if compact:
+            n_active = int(host_active.sum())
+            if 0 < n_active <= n_rows // 2:
+                # finished samples stay finished, so this set holds every later active one
+                rows_w = host_active.nonzero()[:, 0].to(t.device, non_blocking=True)
+                n_rows = n_active
+                rec.compactions += 1
     rec.y_end = y
     return blocks, rec
 
@@ -317,7 +357,8 @@ class _Checkpointed(torch.autograd.Function):
         def advance(n, y):
             tr = rec.trials[n]
             with torch.no_grad():
-                y_next, _, _ = trial_step(solver.func, solver.tab, tr.t, tr.h, y, solver.func(tr.t.to(y.dtype), y))
+                k0 = eval_rows(solver.func, tr.t, y, tr.rows)
+                y_next, _, _ = step_rows(solver.func, solver.tab, tr.t, tr.h, y, k0, tr.rows)
                 return torch.where(_bcast(tr.accepted, y), y_next, y)
 
         counter = Counter()
@@ -341,15 +382,15 @@ class _Checkpointed(torch.autograd.Function):
                 a = torch.zeros_like(y_start)
             with torch.enable_grad():
                 y = y_start.detach().requires_grad_(True)
-                k0 = func(trial.t.to(y.dtype), y)
-                y_next, ks, _ = trial_step(func, tab, trial.t, trial.h, y, k0)
+                k0 = eval_rows(func, trial.t, y, trial.rows)
+                y_next, ks, _ = step_rows(func, tab, trial.t, trial.h, y, k0, trial.rows)
                 outs = [torch.where(_bcast(trial.accepted, y), y_next, y)]
                 seeds = [a]
                 if trial.save_j is not None:
                     bi, ji = trial.save_b, trial.save_j
                     f_next = ks[-1] if tab.fsal else None
                     if f_next is None and tab.dense is None:
-                        f_next = func(trial.t_new.to(y.dtype), y_next)
+                        f_next = eval_rows(func, trial.t_new, y_next, trial.rows)
                     vals = dense_at(tab, trial.theta, trial.h[bi], y[bi], y_next[bi], [k[bi] for k in ks],
                                     None if f_next is None else f_next[bi])
                     at_end = solver.t[bi, ji] == trial.t_new[bi]
@@ -372,8 +413,9 @@ class _Checkpointed(torch.autograd.Function):
 class PerSampleSolver:
     """The per-sample-steps solve of one problem (validated inputs), for either sensealg."""
 
-    def __init__(self, func, tab, t, lengths, rtol, atol, opts, budget: Optional[int] = None):
+    def __init__(self, func, tab, t, lengths, rtol, atol, opts, budget: Optional[int] = None, compact: bool = False):
         self.func, self.tab, self.t, self.lengths = func, tab, t, lengths
+        self.compact = compact
         self.budget = budget  # CheckpointAdjoint(max_checkpoints=...)
         self.stored_states = 0
         self.stats = None
@@ -386,6 +428,7 @@ class PerSampleSolver:
         self.stored_bytes = 0
 
     def run(self, y0, record):
-        blocks, rec = integrate(self.func, self.tab, self.t, self.lengths, y0, self.rtol, self.atol, self.opts, record)
+        blocks, rec = integrate(self.func, self.tab, self.t, self.lengths, y0, self.rtol, self.atol, self.opts, record,
+                                compact=self.compact)
         self.rec = rec
         return blocks, rec

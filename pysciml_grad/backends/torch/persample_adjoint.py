@@ -213,10 +213,9 @@ class ContinuousAdjoint(torch.autograd.Function):
         tab = spec.tab
         quad = None
         nfe = 0
-        for k in range(T - 1, 0, -1):
+        longest = int(lengths.max())  # the backward pass's one read of a device value outside the loop's per-trial one
+        for k in range(longest - 1, 0, -1):
             live = lengths > k
-            if not bool(live.any()):
-                continue
             live_s = _bcast(live, ys[0])
             start = torch.where(live, t[:, k], t[:, 0])
             end = torch.where(live, t[:, k - 1], t[:, 0])
@@ -266,7 +265,8 @@ def _resolve(solver, t, ys, k, live) -> Dense:
     rec = Record(keep_stages=True)
     with torch.no_grad():
         integrate(solver.func, solver.tab, torch.stack([start, end], 1), torch.full_like(solver.lengths, 2),
-                  y_start, solver.rtol, solver.atol, solver.opts, rec, direction=solver.direction, serve=False)
+                  y_start, solver.rtol, solver.atol, solver.opts, rec, direction=solver.direction, serve=False,
+                  compact=solver.compact)
     return Dense(solver.tab, rec, solver.direction)
 
 
