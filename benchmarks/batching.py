@@ -235,7 +235,7 @@ PER_SAMPLE_STEPS = [
     'Results and gradients equal the uncompacted ones (to 1e-12 in the tests: finished rows take a',
     "zero step either way). Compacted: the forward loop, CheckpointAdjoint's replay (each trial",
     "replays on the rows it was taken on) and InterpolatingAdjoint(checkpointing=True)'s forward",
-    "re-solves; the continuous adjoints' backward solves still evaluate every row.",
+    "re-solves, and the continuous adjoints' backward solves (per save interval, starting from the rows that have it) and their quadrature.",
     '',
     '--8<-- "benchmarks/persample_compact.md"',
 ]

@@ -4,7 +4,7 @@ A batch with one long span and many short ones: B = 512 samples of an autonomous
 4 -> 256 -> 4 (tanh), float32, dopri5, rtol 1e-6, atol 1e-8; sample 0 runs over [0, 50],
 the other 511 over [0, 0.5], each with 6 save times spread over its own span; loss = sum of
 squares of the saves. Forward + backward with ``PerSampleSteps()`` and
-``PerSampleSteps(compact=True)`` for DirectAD, CheckpointAdjoint and
+``PerSampleSteps(compact=True)`` for DirectAD, CheckpointAdjoint, BacksolveAdjoint and
 InterpolatingAdjoint(checkpointing=True). One untimed warm-up round, then round-robin
 rounds (each contender once per round), medians; ratios compact / not compact from the
 same rounds. func's rows evaluated are counted in the forward pass and in the backward pass.
@@ -50,6 +50,7 @@ def problem():
 
 
 SENSEALGS = [("DirectAD", psg.DirectAD()), ("CheckpointAdjoint", psg.CheckpointAdjoint()),
+             ("BacksolveAdjoint", psg.BacksolveAdjoint()),
              ("InterpolatingAdjoint(checkpointing=True)", psg.InterpolatingAdjoint(checkpointing=True))]
 
 

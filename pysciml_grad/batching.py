@@ -119,7 +119,7 @@ class PerSampleSteps:
     reallocation). func then receives fewer rows than y0 has, so it must not index by batch
     row (a per-sample tensor of shape (B, ...) captured in func would no longer line up):
     that is why it is opt-in. Gradients are those of the uncompacted loop (finished rows
-    take a zero step either way). The continuous adjoints' backward solves run uncompacted.
+    take a zero step either way); the backward passes are compacted the same way.
     """
 
     def __init__(self, compact: bool = False):

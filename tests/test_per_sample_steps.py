@@ -234,7 +234,7 @@ LONG_AND_SHORT = [[0.0, 0.5, 1.5, 3.0, 4.0]] + [[0.1 * b, 0.1 * b + 0.2, 0.1 * b
 
 
 @pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.CheckpointAdjoint(), psg.CheckpointAdjoint(max_checkpoints=3),
-                                      psg.InterpolatingAdjoint(checkpointing=True)], ids=repr)
+                                      *CONTINUOUS], ids=repr)
 def test_compaction_evaluates_only_unfinished_rows_and_keeps_the_gradient(sensealg):
     t = torch.tensor(LONG_AND_SHORT, dtype=torch.float64)
     B = len(t)
@@ -246,11 +246,13 @@ def test_compaction_evaluates_only_unfinished_rows_and_keeps_the_gradient(sensea
         ys, stats = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=sensealg,
                                options={"steps": psg.PerSampleSteps(compact=compact), "return_stats": True})
         rows_forward = func.rows
-        out[compact] = (ys, torch.autograd.grad(_loss(ys), [y0, *ps]), stats, rows_forward)
-    (ys0, g0, s0, r0), (ys1, g1, s1, r1) = out[False], out[True]
+        grads = torch.autograd.grad(_loss(ys), [y0, *ps])
+        out[compact] = (ys, grads, stats, rows_forward, func.rows - rows_forward)
+    (ys0, g0, s0, r0, rb0), (ys1, g1, s1, r1, rb1) = out[False], out[True]
     assert s0.extra["compactions"] == 0 and s1.extra["compactions"] >= 1
     assert s1.extra["trials"] == s0.extra["trials"]  # the same steps, fewer rows evaluated
     assert r1 < 0.6 * r0, (r1, r0)
+    assert rb1 <= 0.7 * rb0, (rb1, rb0)  # the backward pass too (replay, backward solves, quadrature)
     assert torch.allclose(ys1, ys0, rtol=0, atol=1e-13, equal_nan=True)
     for a, b in zip(g1, g0):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()

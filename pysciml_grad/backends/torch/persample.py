@@ -179,7 +179,7 @@ def initial_steps(func: Callable, tab: ButcherTableau, t0: torch.Tensor, y0: tor
 def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: torch.Tensor, y0: torch.Tensor,
               rtol, atol, opts, record: Optional[Record], direction: Optional[float] = None,
               ratio_fn: Optional[Callable] = None, on_trial: Optional[Callable] = None,
-              serve: bool = True, compact: bool = False) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
+              serve: bool = True, compact: bool = False, on_rows: Optional[Callable] = None) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], Record]:
     """The per-sample loop. ``t`` (B, T) float64, NaN-padded after ``lengths``; returns the
     served save values as blocks (save index j (n,), sample b (n,), values (n, *state)).
 
@@ -192,7 +192,9 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
     ``compact=True`` (``PerSampleSteps(compact=True)``): whenever the number of unfinished
     samples has fallen to half the rows func is evaluated on, the working set shrinks to the
     unfinished ones (read from the trial's one host transfer, so no extra synchronisation;
-    at most log2(B) re-compactions, not one per trial) and func sees only those rows."""
+    at most log2(B) re-compactions, not one per trial) and func sees only those rows;
+    ``on_rows(rows)`` is told each new working set (an adjoint right-hand side that reads
+    the forward's dense output needs to know which samples its rows are)."""
     rec = record if record is not None else Record()
     B, T = t.shape
     rows = torch.arange(B, device=t.device)
@@ -305,6 +307,8 @@ def integrate(func: Callable, tab: ButcherTableau, t: torch.Tensor, lengths: tor
                 rows_w = host_active.nonzero()[:, 0].to(t.device, non_blocking=True)
                 n_rows = n_active
                 rec.compactions += 1
+                if on_rows is not None:
+                    on_rows(rows_w)
     rec.y_end = y
     return blocks, rec
 

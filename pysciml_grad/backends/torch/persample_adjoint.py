@@ -46,6 +46,10 @@ from the last to the first): every sample whose row has an interval (t_{b,k-1}, 
 integrates it on its own steps, the others are idle (a zero span); then the jumps
 dL/dy_b(t_{b,k-1}) are added. Each sample's steps and error control are its own; only the
 number of loop trials is coupled (the slowest sample of each column sets it).
+
+With ``PerSampleSteps(compact=True)`` each interval's solve evaluates func only on its
+unfinished rows once they are half the working set or fewer (``persample.integrate``),
+the dense lookup and the quadrature on the same rows (``AdjointRHS.set_rows``).
 """
 
 from __future__ import annotations
@@ -87,11 +91,13 @@ class Dense:
     def nbytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in (self.y, self.y_next, self.k_next, *self.ks))
 
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+    def __call__(self, q: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y at q (one time per row); ``rows``: which samples the rows are (None: all, in order)."""
         q = q.to(torch.float64)
-        n = torch.searchsorted(self.key, (self.direction * q)[:, None].contiguous(), right=True)[:, 0] - 1
+        r = self.rows if rows is None else rows
+        key = self.key if rows is None else self.key[rows]
+        n = torch.searchsorted(key, (self.direction * q)[:, None].contiguous(), right=True)[:, 0] - 1
         n = n.clamp(0, self.key.shape[1] - 1)
-        r = self.rows
         h = self.h[r, n]
         theta = (q - self.t0[r, n]) / torch.where(h != 0, h, torch.ones_like(h))
         with torch.no_grad():
@@ -111,12 +117,16 @@ class AdjointRHS:
         self.func, self.shape, self.dense = func, tuple(shape), dense
         self.n = math.prod(self.shape[1:])
         self.nfe = 0
+        self.rows: Optional[torch.Tensor] = None  # compaction's working set: the samples the rows are
+
+    def set_rows(self, rows: torch.Tensor) -> None:
+        self.rows = rows
 
     def state(self, t: torch.Tensor, z: torch.Tensor):
         n, B = self.n, len(z)
         if self.dense is None:
             return z[:, :n].reshape(B, *self.shape[1:]), z[:, n:].reshape(B, *self.shape[1:])
-        return self.dense(t).reshape(B, *self.shape[1:]), z.reshape(B, *self.shape[1:])
+        return self.dense(t, self.rows).reshape(B, *self.shape[1:]), z.reshape(B, *self.shape[1:])
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
@@ -153,6 +163,10 @@ class Quadrature:
     def __call__(self, t, h, accepted, z, z_next, ks, k_next) -> None:
         if not self.params:
             return
+        rows = self.rhs.rows
+        if rows is not None:  # compaction: rows outside the working set are finished (weight 0)
+            t, h, accepted, z, z_next, k_next = (x[rows] for x in (t, h, accepted, z, z_next, k_next))
+            ks = [k[rows] for k in ks]
         outs, cots = [], []
         with torch.no_grad():
             stage = []
@@ -240,7 +254,8 @@ class ContinuousAdjoint(torch.autograd.Function):
             two = torch.full_like(lengths, 2)
             try:
                 _, rec = integrate(rhs, tab, seg, two, z0, rtol, atol, solver.opts, Record(keep_trials=False), direction=back,
-                                   ratio_fn=ratio, on_trial=quad, serve=False)
+                                   ratio_fn=ratio, on_trial=quad, serve=False, compact=solver.compact,
+                                   on_rows=rhs.set_rows)
             except NonFiniteStateError as err:
                 raise NonFiniteStateError(f"{spec.name} with PerSampleSteps: the backward solve of save interval "
                                           f"{k - 1}-{k} produced NaN/inf: {err}") from err
