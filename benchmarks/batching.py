@@ -201,7 +201,7 @@ PER_SAMPLE_STEPS = [
     '| `DirectAD()` | autograd through the loop (step sizes constant) |',
     '| `CheckpointAdjoint()` | each sample replays its own accepted steps; equal to DirectAD to 1e-12 |',
     '| `CheckpointAdjoint(max_checkpoints=k)` | keeps about k/2 trial states, recomputes the others (revolve in the free slots, `schedule.reverse`); at most k held, gradient equal to the unbounded one |',
-    '| `BacksolveAdjoint()` | backward solve of [y_b, a_b] with per-sample steps, y reset to the forward value at each save |',
+    '| `BacksolveAdjoint()` | backward solve of [y_b, a_b] with per-sample steps, y reset to the forward value at each save; a `GradientAccuracyWarning` names the samples whose reconstruction drifted (> 100 tolerances) |',
     "| `InterpolatingAdjoint()` | backward solve of a_b with per-sample steps along the forward's dense output |",
     "| `InterpolatingAdjoint(checkpointing=True)` | as above, each save interval re-solved forward from its stored save value (SciMLSensitivity's checkpointing) |",
     '| `QuadratureAdjoint()` | as `InterpolatingAdjoint()` |',

@@ -208,9 +208,9 @@ def _per_sample_steps_solve(func, y0, t, lengths, method="dopri5", rtol=1e-7, at
     stats = SolveStats(nfe=rec.nfe, n_steps=accepted, n_rejected=tried - accepted)
     stats.extra["trials"] = rec.n_trials
     stats.extra["compactions"] = rec.compactions
+    solver.stats = stats  # the backward pass adds what it measured (held states, backsolve's drift)
     if isinstance(sensealg, sa.CheckpointAdjoint):
         stats.extra["stored_trial_states"] = solver.stored_states
-        solver.stats = stats  # the backward pass adds the most trial states it held at once
     return ys, stats
 
 

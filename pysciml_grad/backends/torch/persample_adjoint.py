@@ -55,11 +55,13 @@ the dense lookup and the quadrature on the same rows (``AdjointRHS.set_rows``).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, List, Optional
 
 import torch
 
-from ...errors import NonFiniteStateError
+from ...errors import GradientAccuracyWarning, NonFiniteStateError
+from .adjoints.backsolve import WARN_FACTOR
 from .adjoints.continuous import gauss_legendre
 from .persample import Record, _bcast, assemble, dense_at, integrate
 from .tableaus import ButcherTableau
@@ -227,6 +229,7 @@ class ContinuousAdjoint(torch.autograd.Function):
         tab = spec.tab
         quad = None
         nfe = 0
+        drift = torch.zeros(B, dtype=ys.dtype, device=ys.device)  # BacksolveAdjoint's reconstruction error per sample
         longest = int(lengths.max())  # the backward pass's one read of a device value outside the loop's per-trial one
         for k in range(longest - 1, 0, -1):
             live = lengths > k
@@ -263,12 +266,41 @@ class ContinuousAdjoint(torch.autograd.Function):
             z = rec.y_end
             a_new = z[:, -n:].reshape(B, *shape[1:])
             a = torch.where(live_s, a_new + g[k - 1], a)
+            if not spec.interpolate:
+                drift = torch.maximum(drift, torch.where(live, _mismatch(z[:, :n], ys[k - 1].reshape(B, -1), spec, solver),
+                                                         torch.zeros_like(drift)))
         solver.nfe_backward = nfe + (quad.nfe if quad is not None else 0)
+        if not spec.interpolate:
+            _report_drift(drift, solver)
         out = [None] * len(params)
         if quad is not None:
             for i, gp in zip(wanted, quad.grads):
                 out[i] = gp
         return (None, None, a, *out)
+
+
+def _mismatch(y_rec: torch.Tensor, y_fwd: torch.Tensor, spec, solver) -> torch.Tensor:
+    """(B,) RMS of (y_reconstructed - y_forward) / (atol + rtol max(|y|, |y_rec|)) at a save
+    time, rtol/atol the larger of the forward's and the adjoint's (as the 1-D BacksolveAdjoint)."""
+    rtol, atol = max(spec.rtol, solver.rtol), max(spec.atol, solver.atol)
+    scale = torch.maximum(y_fwd.abs(), y_rec.abs()) * rtol + atol
+    return ((y_rec - y_fwd) / scale).square().mean(1).sqrt()
+
+
+def _report_drift(drift: torch.Tensor, solver) -> None:
+    """GradientAccuracyWarning naming the samples whose reverse-time reconstruction of y was
+    off by more than ``backsolve.WARN_FACTOR`` tolerances (one host read for the batch)."""
+    worst = float(drift.max())
+    if solver.stats is not None:
+        solver.stats.extra["backsolve_reconstruction_error"] = worst
+    if worst > WARN_FACTOR:
+        bad = (drift > WARN_FACTOR).nonzero().flatten().tolist()
+        warnings.warn(
+            f"BacksolveAdjoint with PerSampleSteps: the reverse-time solve reconstructed y of sample(s) {bad[:5]} "
+            f"with an error of up to {worst:.3g} times the tolerance; the state the adjoint was computed along is "
+            "not the forward trajectory, so their gradients may be wrong by a similar relative amount. Use "
+            "sensealg=psg.CheckpointAdjoint() (exact for the discrete solve) or psg.InterpolatingAdjoint(), or "
+            "tighten adjoint_rtol/adjoint_atol.", GradientAccuracyWarning, stacklevel=3)
 
 
 def _resolve(solver, t, ys, k, live) -> Dense:
