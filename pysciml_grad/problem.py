@@ -321,19 +321,6 @@ def check_rhs_meta(out: Any, y: torch.Tensor, t: Any) -> None:
 
 def check_rhs_output(out: Any, y0: torch.Tensor, t0: float) -> None:
     """Check the first ``func(t0, y0)``: a tensor with y0's shape, dtype and device, finite."""
-    if not isinstance(out, torch.Tensor):
-        raise RHSOutputError(f"func(t, y) must return a torch.Tensor shaped like y, got {type(out).__name__}")
-    if out.shape != y0.shape:
-        raise RHSOutputError(
-            f"func(t, y) returned shape {tuple(out.shape)} but y0 has shape {tuple(y0.shape)}; "
-            "dy/dt must have exactly the shape of y"
-        )
-    if out.dtype != y0.dtype:
-        raise DTypeMismatchError(
-            f"func(t, y) returned dtype {out.dtype} but y0 has dtype {y0.dtype}; make func's "
-            "parameters and constants the same dtype as y0"
-        )
-    if out.device != y0.device:
-        raise DeviceMismatchError(f"func(t, y) returned a tensor on {out.device} but y0 is on {y0.device}")
+    check_rhs_meta(out, y0, t0)
     if not bool(torch.isfinite(out).all()):
         raise NonFiniteStateError(f"func(t, y0) is NaN/inf at the initial time t={t0:g}: check func and its parameters")
