@@ -377,9 +377,10 @@ def test_interpolating_adjoint_backward_no_recompile_over_20_calls_with_random_t
     assert sum(counters["recompiles"].values()) == recompiles
 
 
-def test_interpolating_adjoint_func_that_breaks_the_graph_falls_back_with_warning():
+@pytest.mark.parametrize("sensealg", [psg.InterpolatingAdjoint(), psg.QuadratureAdjoint()], ids=["interpolating", "quadrature"])
+def test_interpolating_adjoint_func_that_breaks_the_graph_falls_back_with_warning(sensealg):
     # func cannot be captured (a host read and a data-dependent branch): the backward solve
-    # warns and runs eagerly, with the eager backward's gradient.
+    # warns and runs eagerly (QuadratureAdjoint's panels too), with the eager backward's gradient.
     class Sync(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -398,7 +399,7 @@ def test_interpolating_adjoint_func_that_breaks_the_graph_falls_back_with_warnin
         y0 = Y0.clone().requires_grad_(True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CompileFallbackWarning)
-            ys = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=psg.InterpolatingAdjoint(), options=opt)
+            ys = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=sensealg, options=opt)
             ys.square().sum().backward()
         grads.append((y0.grad.clone(), func.A.grad.clone(), [str(w.message) for w in caught
                                                              if issubclass(w.category, CompileFallbackWarning)]))
@@ -406,7 +407,9 @@ def test_interpolating_adjoint_func_that_breaks_the_graph_falls_back_with_warnin
     assert len(grads[0][2]) >= 2 and all("runs eagerly" in m for m in grads[0][2]) and not grads[1][2]
     from pysciml_grad.backends.torch.compiled import _CACHE
 
-    assert [e.broken for k, e in _CACHE[func].items() if k[0] == "interpolating"][0] is not None
+    kinds = ["interpolating"] if isinstance(sensealg, psg.InterpolatingAdjoint) else ["quadrature", "quadrature_panel"]
+    for kind in kinds:
+        assert [e.broken for k, e in _CACHE[func].items() if k[0] == kind][0] is not None, kind
     for c, e in zip(grads[0][:2], grads[1][:2]):
         assert torch.equal(c, e)
 
