@@ -104,11 +104,11 @@ def parse(problem: ODEProblem):
         )
     if not method.uses_jacobian and (opts.jac is not None or opts.jacobian is not None):
         raise UnknownOptionError(
-            f"options 'jac'/'jacobian' (df/dy for the Newton iterations) belong to the implicit "
-            f"methods {list(IMPLICIT_METHODS) + list(ESDIRK_TABLEAUS)}; {method.name!r} does not read them: drop them, "
-            "or pick one of those"
+            f"options 'jac'/'jacobian' (df/dy for the Newton iterations / Rosenbrock stages) belong to the "
+            f"implicit and Rosenbrock methods {list(IMPLICIT_METHODS) + list(STIFF_METHODS)}; {method.name!r} does "
+            "not read them: drop them, or pick one of those"
         )
-    if isinstance(method.tableau, ImplicitRK):
+    if method.uses_jacobian and method.adams is None:
         # Bound to this solve: its Jacobian strategy, Newton tolerance and iteration cap.
         method = replace(method, tableau=method.tableau.bound(
             strategy_from_options(opts.jac, opts.jacobian), _loosest(problem.rtol), _loosest(problem.atol),

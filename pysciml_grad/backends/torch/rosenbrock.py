@@ -25,11 +25,12 @@ DirectAD give the exact gradient of the discrete Rosenbrock map, not of a frozen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .implicit.jacobian import DenseJacobian, JacobianStrategy
 from .stepping import hermite, lincomb
 
 Scalar = Union[float, torch.Tensor]
@@ -59,10 +60,19 @@ class RosenbrockTableau:
     error_order: Optional[int]
     H: Tuple[Row, ...] = ()
     fsal: bool = False
+    #: How J is obtained (options 'jac' / 'jacobian'); None: the dense J with df/dt in one pass.
+    jacobian: Optional[JacobianStrategy] = None
+
+    #: The loops' flag: options 'jac' / 'jacobian' are read (``forward.Method.uses_jacobian``).
+    uses_jacobian = True
 
     @property
     def stages(self) -> int:
         return len(self.c)
+
+    def bound(self, jacobian: JacobianStrategy, rtol: float, atol: float, max_iters: int) -> "RosenbrockTableau":
+        """The table with this solve's Jacobian strategy (no Newton, so no tolerances or cap)."""
+        return replace(self, jacobian=None if type(jacobian) is DenseJacobian else jacobian)
 
     @property
     def adaptive(self) -> bool:
@@ -94,7 +104,7 @@ def _combine(coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tenso
 
 
 class _FactoredSolve(torch.autograd.Function):
-    """x = M^{-1} b from M's LU factors, differentiable in M and b.
+    """x = M^{-1} b from M's LU factors, differentiable in M and b (batched: M (B, n, n), b (B, n, 1)).
 
     autograd's own backward of ``lu_factor``/``lu_solve`` re-derives the factors' adjoint
     (32 ms per 3x3 solve measured here, against 0.06 ms for the factorisation); the
@@ -150,6 +160,38 @@ def jacobian_and_time_derivative(rhs: RHS, t: Scalar, y: torch.Tensor) -> Tuple[
     return J, ft
 
 
+def time_derivative(rhs: RHS, t: Scalar, y: torch.Tensor) -> torch.Tensor:
+    """df/dt at (t, y), shaped like y, by two reverse passes (u -> <u, df/dt> is linear in u,
+    so its gradient in u is df/dt); with the graph (``create_graph``) when grad is enabled.
+    Zero when f does not read t."""
+    graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if isinstance(t, torch.Tensor) and graph and t.requires_grad:
+            tv = t.to(y.dtype)
+        else:
+            tv = (t.detach() if isinstance(t, torch.Tensor) else torch.tensor(float(t))).to(y.dtype).requires_grad_(True)
+        out = rhs(tv, y if graph else y.detach())
+        u = torch.zeros_like(out, requires_grad=True)
+        (g,) = torch.autograd.grad(out, tv, u, create_graph=True, allow_unused=True)
+        if g is None or not g.requires_grad:
+            return torch.zeros_like(y)
+        (ft,) = torch.autograd.grad(g, u, create_graph=graph, allow_unused=True)
+    return torch.zeros_like(y) if ft is None else ft.view(y.shape)
+
+
+def jacobian_blocks(strategy: Optional[JacobianStrategy], rhs: RHS, t: Scalar, y: torch.Tensor):
+    """(J as blocks (B, n, n), df/dt shaped like y), with the graph when grad is enabled.
+
+    No strategy (the default dense J): one evaluation and one batched backward pass give both
+    (``jacobian_and_time_derivative``). A strategy (block diagonal per sample, the user's
+    ``jac``) gives J in its own layout, never the dense (B n)^2 matrix, and df/dt comes apart.
+    """
+    if strategy is None:
+        J, ft = jacobian_and_time_derivative(rhs, t, y)
+        return J.unsqueeze(0), ft.view(y.shape)
+    return strategy.with_graph(rhs, t, y), time_derivative(rhs, t, y)
+
+
 def rosenbrock_step(
     rhs: RHS,
     tab: RosenbrockTableau,
@@ -176,14 +218,14 @@ def rosenbrock_step(
         def solve(r: torch.Tensor) -> torch.Tensor:
             return solve_flat((gh * r).reshape(-1)).view(y.shape)
     else:
-        J, ft = jacobian_and_time_derivative(rhs, t, y)
-        eye = torch.eye(J.shape[0], dtype=J.dtype, device=J.device)
+        J, ft = jacobian_blocks(tab.jacobian, rhs, t, y)
+        B, n = J.shape[0], J.shape[1]
+        eye = torch.eye(n, dtype=J.dtype, device=J.device)
         M = eye - gh * J
-        LU, piv = torch.linalg.lu_factor(M.detach())
-        ft = ft.view(y.shape)
+        LU, piv = torch.linalg.lu_factor(M.detach())  # one batched LU of B blocks n x n
 
         def solve(r: torch.Tensor) -> torch.Tensor:
-            return _FactoredSolve.apply(M, LU, piv, (gh * r.reshape(-1)).unsqueeze(-1)).view(y.shape)
+            return _FactoredSolve.apply(M, LU, piv, (gh * r).reshape(B, n, 1)).view(y.shape)
 
     ks: List[torch.Tensor] = []
     for i in range(tab.stages):

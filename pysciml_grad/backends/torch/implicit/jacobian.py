@@ -27,9 +27,15 @@ from ....errors import InvalidProblemError, RHSOutputError
 
 
 class JacobianStrategy:
-    """How J = df/dy is obtained; ``strategy(f, t, y) -> (B, n, n)`` (no graph)."""
+    """How J = df/dy is obtained; ``strategy(f, t, y) -> (B, n, n)`` (no graph).
+
+    ``strategy.with_graph(f, t, y)``: the same blocks, carrying autograd's graph to y, t and
+    func's parameters when grad is enabled (a Rosenbrock step differentiates through J)."""
 
     def __call__(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def with_graph(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -39,6 +45,13 @@ class JacobianStrategy:
 def _t(t, y: torch.Tensor) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         return t.detach().to(y.dtype)
+    return torch.full((), float(t), dtype=y.dtype, device=y.device)
+
+
+def _t_graph(t, y: torch.Tensor) -> torch.Tensor:
+    """t as a 0-d tensor in y's dtype, keeping its graph when grad is enabled."""
+    if isinstance(t, torch.Tensor):
+        return t.to(y.dtype) if torch.is_grad_enabled() else t.detach().to(y.dtype)
     return torch.full((), float(t), dtype=y.dtype, device=y.device)
 
 
@@ -64,6 +77,13 @@ class DenseJacobian(JacobianStrategy):
                 J = torch.autograd.functional.jacobian(flat, y.reshape(-1), vectorize=False)
         return J.detach().unsqueeze(0)
 
+    def with_graph(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:
+        tt, shape = _t_graph(t, y), y.shape
+        if not torch.is_grad_enabled():
+            return self(f, t, y)
+        J = torch.func.jacrev(lambda v: f(tt, v.view(shape)).reshape(-1))(y.reshape(-1))
+        return J.unsqueeze(0)
+
 
 class BlockDiagonalJacobian(JacobianStrategy):
     """Per-sample blocks df_b/dy_b, b over y's first dimension, by ``vmap(jacrev)``.
@@ -87,6 +107,19 @@ class BlockDiagonalJacobian(JacobianStrategy):
             J = torch.func.vmap(torch.func.jacrev(one))(y.detach().reshape(B, n))
         return J.detach()
 
+    def with_graph(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:
+        if y.dim() < 2:
+            return DenseJacobian().with_graph(f, t, y)
+        if not torch.is_grad_enabled():
+            return self(f, t, y)
+        tt, rest, B, n = _t_graph(t, y), y.shape[1:], y.shape[0], y[0].numel()
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            return f(tt, v.view(1, *rest)).reshape(-1)
+
+        # torch.func transforms compose with autograd: J stays connected to y, t and theta.
+        return torch.func.vmap(torch.func.jacrev(one))(y.reshape(B, n))
+
 
 class UserJacobian(JacobianStrategy):
     """``jac(t, y)`` supplied by the user (``options={"jac": jac}``).
@@ -107,7 +140,16 @@ class UserJacobian(JacobianStrategy):
 
     def __call__(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            J = self.jac(_t(t, y), y.detach())
+            return self._checked(self.jac(_t(t, y), y.detach()), y)
+
+    def with_graph(self, f: Callable, t, y: torch.Tensor) -> torch.Tensor:
+        """``jac(t, y)`` called on the graph-carrying y (and t): its derivative is autograd's of
+        the user's code, exact when jac is the exact Jacobian written in torch operations."""
+        if not torch.is_grad_enabled():
+            return self(f, t, y)
+        return self._checked(self.jac(_t_graph(t, y), y), y)
+
+    def _checked(self, J, y: torch.Tensor) -> torch.Tensor:
         N = y.numel()
         if not isinstance(J, torch.Tensor):
             raise RHSOutputError(f"options['jac'](t, y) must return a tensor, got {type(J).__name__}")
