@@ -30,8 +30,8 @@ runs the step under autograd), give the exact gradient of the discrete map y_n -
 defined by the converged stages (to the Newton tolerance, which the user's rtol/atol set).
 
 Adaptive ESDIRK tables (``tableaus.EmbeddedImplicitTableau``: kvaerno5, kencarp4) add the
-embedded estimate err = h sum_i (b_i - b_hat_i) K_i, filtered by (I - gamma h J)^{-1} with
-the LU Newton already holds; a trial whose Newton iteration fails (after a fresh Jacobian,
+embedded estimate err = h sum_i (b_i - b_hat_i) K_i (filtered by (I - gamma h J)^{-1}, with the
+LU Newton already holds, where the table sets ``smooth_error``); a trial whose Newton iteration fails (after a fresh Jacobian,
 and full Newton) raises ``stepping.StepRejected``, which the adaptive loop turns into a rejected step with a
 smaller h. Bound with ``fixed=True`` (``options={'step_size': h}``) the same table is a
 fixed-step method: no estimate, no FSAL, Newton failure an error as for the other tables.
