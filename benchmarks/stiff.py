@@ -1,7 +1,8 @@
 """Stiff benchmark (issue 14, "what must show"): Robertson (T = 1e5), Van der Pol (mu = 1000)
 and HIRES at rtol = 1e-6, in one process:
 
-* ours: every adaptive stiff method of the torch engine (rodas5p, rodas4, ros3p), float64, CPU;
+* ours: every adaptive stiff method of the torch engine (Rosenbrock rodas5p, rodas4, ros3p; ESDIRK
+  kvaerno5, kencarp4), float64, CPU;
 * SciPy ``solve_ivp`` Radau and BDF (given the analytic Jacobian);
 * diffrax Kvaerno5 (jax on CPU, float64, ``jax.jit``; the compile is timed apart), when jax
   is importable.
@@ -9,8 +10,10 @@ and HIRES at rtol = 1e-6, in one process:
 Columns: error against SciPy Radau at rtol = 1e-12 (``stiff_problems.reference``, max over
 save times and components of |y - ref| / (atol + |ref|)), median wall time of ``--repeats``
 runs (after one warm-up run), right-hand-side evaluations (ours: each Jacobian counts as one,
-it is one evaluation plus one batched backward pass; SciPy: nfev + njev; diffrax does not
-count them: its accepted + rejected steps are given instead) and accepted steps.
+it is one evaluation plus one batched backward pass; SciPy: nfev + njev; diffrax: counted by a
+``jax.debug.callback`` in the vector field in a separate, untimed run, where a ``jacfwd`` Jacobian
+counts one evaluation per state component; its accepted + rejected trial steps are given too)
+and accepted steps.
 
     python benchmarks/stiff.py                 # all problems, writes docs/stiff.md's table
     python benchmarks/stiff.py --problems robertson --repeats 1 --no-write
@@ -38,7 +41,8 @@ import stiff_problems as sp  # noqa: E402
 
 DOC = HERE.parent / "docs" / "stiff.md"
 START, END = "<!-- stiff-benchmark:start -->", "<!-- stiff-benchmark:end -->"
-OURS = ("rodas5p", "rodas4", "ros3p")
+OURS = ("rodas5p", "rodas4", "ros3p", "kvaerno5", "kencarp4")
+ESDIRK = ("kvaerno5", "kencarp4")
 RTOL = 1e-6
 
 
@@ -52,17 +56,22 @@ def _median_time(run, repeats):
     return statistics.median(times), out
 
 
-def ours(problem, method, repeats):
+def ours(problem, method, repeats, saves_as_steps=False):
+    """``saves_as_steps``: the save times are step points (options step_t), so no save comes
+    from the dense output (the ESDIRK methods' is cubic Hermite)."""
     y0 = torch.tensor(problem.y0, dtype=torch.float64)
     t = torch.tensor(problem.t_eval, dtype=torch.float64)
+    options = {"return_stats": True, "max_num_steps": 200_000}
+    if saves_as_steps:
+        options["step_t"] = t[1:-1]
 
     def run():
         with torch.no_grad():
-            return psg.odeint(problem.f_torch, y0, t, method=method, rtol=RTOL, atol=problem.atol,
-                              options={"return_stats": True, "max_num_steps": 200_000})
+            return psg.odeint(problem.f_torch, y0, t, method=method, rtol=RTOL, atol=problem.atol, options=options)
 
     wall, (ys, stats) = _median_time(run, repeats)
-    return dict(solver=f"ours {method}", wall_s=wall, nfe=stats.nfe, steps=stats.n_steps, ys=ys.numpy())
+    name = f"ours {method}" + (" (saves as step points)" if saves_as_steps else "")
+    return dict(solver=name, wall_s=wall, nfe=stats.nfe, steps=stats.n_steps, ys=ys.numpy())
 
 
 def scipy_solver(problem, method, repeats):
@@ -91,13 +100,17 @@ def diffrax_kvaerno5(problem, repeats):
     f_jax = {"robertson": _rober_jax, "van_der_pol_mu1000": _vdp_jax, "hires": _hires_jax}[problem.name]
     ts = jnp.asarray(problem.t_eval)
 
-    @jax.jit
-    def solve(y0):
-        return diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: f_jax(t, y)), diffrax.Kvaerno5(), ts[0], ts[-1], None, y0,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=problem.atol),
-            max_steps=200_000,
-        )
+    def solver(field):
+        @jax.jit
+        def solve(y0):
+            return diffrax.diffeqsolve(
+                diffrax.ODETerm(field), diffrax.Kvaerno5(), ts[0], ts[-1], None, y0,
+                saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=problem.atol),
+                max_steps=200_000,
+            )
+        return solve
+
+    solve = solver(lambda t, y, args: f_jax(t, y))
 
     y0 = jnp.asarray(problem.y0)
     t0 = time.perf_counter()
@@ -112,7 +125,14 @@ def diffrax_kvaerno5(problem, repeats):
 
     wall, sol = _median_time(run, repeats)
     stats = {k: int(v) for k, v in sol.stats.items() if k in ("num_accepted_steps", "num_rejected_steps")}
-    return dict(solver="diffrax Kvaerno5 (jit)", wall_s=wall, nfe=None, steps=stats["num_accepted_steps"],
+    calls = [0]
+
+    def counted(t, y, args):
+        jax.debug.callback(lambda _: calls.__setitem__(0, calls[0] + 1), t)
+        return f_jax(t, y)
+
+    jax.block_until_ready(solver(counted)(y0).ys)  # untimed: the host callback costs far more than f
+    return dict(solver="diffrax Kvaerno5 (jit)", wall_s=wall, nfe=calls[0], steps=stats["num_accepted_steps"],
                 trials=stats["num_accepted_steps"] + stats["num_rejected_steps"], ys=np.asarray(sol.ys),
                 compile_s=compile_s)
 
@@ -143,6 +163,7 @@ def run_all(names, repeats, methods=OURS):
             continue
         ref = sp.reference(problem)
         results = [ours(problem, m, repeats) for m in methods]
+        results += [ours(problem, m, repeats, saves_as_steps=True) for m in methods if m in ESDIRK]
         results += [scipy_solver(problem, m, repeats) for m in ("Radau", "BDF")]
         results.append(diffrax_kvaerno5(problem, repeats))
         for r in results:
@@ -166,7 +187,7 @@ def table(rows, repeats):
         if "skipped" in r:
             lines.append(f"| {r['problem']} | {r['solver']} | skipped: {r['skipped']} | | | |")
             continue
-        nfe = r["nfe"] if r["nfe"] is not None else f"n/a ({r['trials']} trial steps)"
+        nfe = r["nfe"] if "trials" not in r else f"{r['nfe']} ({r['trials']} trial steps)"
         steps = r["steps"] if r["steps"] is not None else "n/a"
         extra = f" (+{r['compile_s']:.1f} s jit compile)" if "compile_s" in r else ""
         lines.append(f"| {r['problem']} | {r['solver']} | {r['error']:.1e} | {r['wall_s']:.3f}{extra} | {nfe} | {steps} |")
