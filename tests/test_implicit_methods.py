@@ -168,7 +168,7 @@ def test_stiff_hint_points_to_the_implicit_methods_and_they_solve_it():
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=D)
     t = torch.tensor([0.0, 40.0], dtype=D)
     with pytest.raises(psg.errors.MaxStepsExceededError, match="rodas5p.*'radauIIA5'"):
-        psg.odeint(rober, y0, t, method="dopri5", options={"max_num_steps": 300})
+        psg.odeint(rober, y0, t, method="dopri5", options={"max_num_steps": 100})
     ys = psg.odeint(rober, y0, torch.linspace(0, 40, 41, dtype=D), method="radauIIA5")
     ref = solve_ivp(lambda t, y: rober(t, torch.tensor(y)).numpy(), (0, 40), y0.numpy(), method="Radau",
                     rtol=1e-10, atol=1e-14).y[:, -1]
