@@ -9,6 +9,14 @@ InterpolatingAdjoint(checkpointing=True). One untimed warm-up round, then round-
 rounds (each contender once per round), medians; ratios compact / not compact from the
 same rounds. func's rows evaluated are counted in the forward pass and in the backward pass.
 
+Second table: every sensealg with ``PerSampleSteps()`` on the irregular latent-ODE batch of
+``benchmarks/batching.py`` (32 series x 250 observations, MLP 8-64-8, float32, rtol 1e-5,
+atol 1e-7), fwd + bwd, one warm-up and 2 timed rounds (min), the parameter gradient's max
+deviation from CheckpointAdjoint's relative to its max entry. The continuous adjoints'
+backward solve must stop at every save time (the adjoint jumps there), so it takes at least
+one step per save interval of every sample, where the forward serves the saves from its
+dense output.
+
     python benchmarks/persample_compact.py     # writes benchmarks/persample_compact.md
 """
 
@@ -64,6 +72,37 @@ def run(func, t, y0, sensealg, compact):
     return fwd_rows, func.rows - fwd_rows
 
 
+def latent_table():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from batching import ATOL as L_ATOL, RTOL as L_RTOL, latent_batch
+
+    net, y0, t, target = latent_batch()
+    params = list(net.parameters())
+    sensealgs = [("CheckpointAdjoint()", psg.CheckpointAdjoint()), ("DirectAD()", psg.DirectAD()),
+                 ("CheckpointAdjoint(max_checkpoints=4)", psg.CheckpointAdjoint(max_checkpoints=4)),
+                 ("BacksolveAdjoint()", psg.BacksolveAdjoint()), ("InterpolatingAdjoint()", psg.InterpolatingAdjoint()),
+                 ("InterpolatingAdjoint(checkpointing=True)", psg.InterpolatingAdjoint(checkpointing=True)),
+                 ("QuadratureAdjoint()", psg.QuadratureAdjoint())]
+    rows, ref = [], None
+    for name, sa in sensealgs:
+        times = []
+        for _ in range(3):
+            net.zero_grad()
+            start = time.perf_counter()
+            ys, stats = psg.odeint(lambda s, y: net(y), y0, t, rtol=L_RTOL, atol=L_ATOL, params=params, sensealg=sa,
+                                   options={"steps": psg.PerSampleSteps(), "return_stats": True})
+            (ys - target).square().mean().backward()
+            times.append(time.perf_counter() - start)
+        g = torch.cat([p.grad.reshape(-1) for p in params])
+        ref = g if ref is None else ref
+        dev = float((g - ref).abs().max() / ref.abs().max())
+        rows.append(f"| {name} | {min(times[1:]):.3f} | {stats.extra['trials']} | {dev:.1e} |")
+    return ["Every sensealg with `PerSampleSteps()` on the irregular latent batch (32 x 250, the speed table",
+            "above), fwd + bwd, min of 2 timed runs after a warm-up:", "",
+            "| sensealg | fwd+bwd (s) | forward trials | dL/dtheta vs CheckpointAdjoint (rel. max) |",
+            "|---|---:|---:|---:|", *rows]
+
+
 def main():
     torch.set_num_threads(1)
     func = MLP()
@@ -94,6 +133,7 @@ def main():
             med = statistics.median(times[(name, c)])
             fr, br = rows[(name, c)]
             lines.append(f"| {name} | {c} | {med:.3f} | {med / base:.2f} | {fr} | {br} |")
+    lines += ["", *latent_table()]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ROOT, "benchmarks", "persample_compact.md"), "w") as fh:
         fh.write(text)

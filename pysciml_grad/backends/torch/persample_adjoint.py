@@ -84,14 +84,14 @@ class Dense:
         t0 = torch.stack([tr.t for tr in trials], 1)
         self.key = torch.where(h != 0, direction * t0, torch.full_like(t0, math.inf)).contiguous()
         self.t0, self.h = t0, h
-        self.y = torch.stack([tr.y for tr in trials], 1)  # (B, N, *state)
-        self.y_next = torch.stack([tr.y_next for tr in trials], 1)
-        self.k_next = torch.stack([tr.k_next for tr in trials], 1)
-        self.ks = [torch.stack([tr.ks[i] for tr in trials], 1) for i in range(len(trials[0].ks))]
+        # The interpolant of each step as a polynomial in theta, y(theta) = sum_p theta^p C_p,
+        # coefficients stacked (B, N, P + 1, *state) once, so a lookup gathers one tensor
+        # instead of the step's start, end and every stage.
+        self.coef = torch.stack([_coefficients(tab, tr) for tr in trials], 1)
         self.rows = torch.arange(h.shape[0], device=h.device)
 
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in (self.y, self.y_next, self.k_next, *self.ks))
+        return self.coef.numel() * self.coef.element_size()
 
     def __call__(self, q: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """y at q (one time per row); ``rows``: which samples the rows are (None: all, in order)."""
@@ -102,9 +102,28 @@ class Dense:
         n = n.clamp(0, self.key.shape[1] - 1)
         h = self.h[r, n]
         theta = (q - self.t0[r, n]) / torch.where(h != 0, h, torch.ones_like(h))
-        with torch.no_grad():
-            return dense_at(self.tab, theta, h, self.y[r, n], self.y_next[r, n], [k[r, n] for k in self.ks],
-                            self.k_next[r, n])
+        c = self.coef[r, n]  # (m, P + 1, *state)
+        th = _bcast(theta.to(c.dtype), c[:, 0])
+        out = c[:, -1]
+        for p in range(c.shape[1] - 2, -1, -1):  # Horner
+            out = out * th + c[:, p]
+        return out
+
+
+def _coefficients(tab: ButcherTableau, tr) -> torch.Tensor:
+    """(B, P + 1, *state) power coefficients of trial ``tr``'s interpolant (``dense_at``'s):
+    the method's dense table, y + h sum_i sum_p table[i, p] theta^(p+1) k_i, or the cubic
+    Hermite c0 y + c1 h k0 + c2 y_next + c3 h f_next with c0 = 1 - 3 th^2 + 2 th^3,
+    c1 = th - 2 th^2 + th^3, c2 = 3 th^2 - 2 th^3, c3 = th^3 - th^2."""
+    y = tr.y
+    hb = _bcast(tr.h.to(y.dtype), y)
+    if tab.dense is not None:
+        table = torch.tensor(tab.dense, dtype=y.dtype, device=y.device)  # (stages, P)
+        ks = torch.stack(list(tr.ks[: table.shape[0]]), 1)  # (B, stages, *state)
+        c = torch.einsum("sp,bs...->bp...", table, ks) * hb[:, None]
+        return torch.cat([y[:, None], c], 1)
+    k0, y1, f1 = hb * tr.ks[0], tr.y_next, hb * tr.k_next
+    return torch.stack([y, k0, -3 * y - 2 * k0 + 3 * y1 - f1, 2 * y + k0 - 2 * y1 + f1], 1)
 
 
 class AdjointRHS:
