@@ -56,21 +56,19 @@ def _median_time(run, repeats):
     return statistics.median(times), out
 
 
-def ours(problem, method, repeats, saves_as_steps=False):
-    """``saves_as_steps``: the save times are step points (options step_t), so no save comes
-    from the dense output (the ESDIRK methods' is cubic Hermite)."""
+def ours(problem, method, repeats):
+    """One of our methods. The ESDIRK methods end their steps on the save times by default
+    (``EmbeddedImplicitTableau.steps_to_saves``: their dense output is cubic Hermite)."""
     y0 = torch.tensor(problem.y0, dtype=torch.float64)
     t = torch.tensor(problem.t_eval, dtype=torch.float64)
     options = {"return_stats": True, "max_num_steps": 200_000}
-    if saves_as_steps:
-        options["step_t"] = t[1:-1]
 
     def run():
         with torch.no_grad():
             return psg.odeint(problem.f_torch, y0, t, method=method, rtol=RTOL, atol=problem.atol, options=options)
 
     wall, (ys, stats) = _median_time(run, repeats)
-    name = f"ours {method}" + (" (saves as step points)" if saves_as_steps else "")
+    name = f"ours {method}"
     return dict(solver=name, wall_s=wall, nfe=stats.nfe, steps=stats.n_steps, ys=ys.numpy())
 
 
@@ -163,7 +161,6 @@ def run_all(names, repeats, methods=OURS):
             continue
         ref = sp.reference(problem)
         results = [ours(problem, m, repeats) for m in methods]
-        results += [ours(problem, m, repeats, saves_as_steps=True) for m in methods if m in ESDIRK]
         results += [scipy_solver(problem, m, repeats) for m in ("Radau", "BDF")]
         results.append(diffrax_kvaerno5(problem, repeats))
         for r in results:

@@ -257,7 +257,11 @@ def integrate_adaptive(
     i = 1
     trials = 0
     nonfinite_from: Optional[float] = None  # |h| of the first trial in a run of non-finite ones
-    stops = _stop_points(opts, ts[0], ts[-1], direction)
+    # A table whose only dense output is cubic Hermite inside long stiff steps ends its steps
+    # on the save times instead (see EmbeddedImplicitTableau.steps_to_saves); not when dL/dt
+    # is wanted, where a save's gradient comes from the interpolant's time derivative.
+    to_saves = getattr(tab, "steps_to_saves", False) and not tensor_times
+    stops = _stop_points(opts, ts[0], ts[-1], direction, ts[1:-1] if to_saves else ())
     next_stop = 0
     after_jump = False  # the next accepted step starts from f just after a jump_t
     floor = opts.min_step if opts.accept_min_step else 0.0
@@ -376,12 +380,16 @@ def integrate_adaptive(
     return ys  # type: ignore[return-value]
 
 
-def _stop_points(opts: SolverOptions, t0: float, t1: float, direction: float) -> List[Tuple[float, bool]]:
-    """(time, is_jump) for options step_t / jump_t strictly inside (t0, t1), in step order."""
+def _stop_points(opts: SolverOptions, t0: float, t1: float, direction: float,
+                 saves: Sequence[float] = ()) -> List[Tuple[float, bool]]:
+    """(time, is_jump) for options step_t / jump_t, and ``saves`` (save times the steps must
+    end on), strictly inside (t0, t1), in step order."""
     points = [(x, False) for x in times_of(opts, "step_t")] + [(x, True) for x in times_of(opts, "jump_t")]
     inside = [(x, j) for x, j in points if direction * (x - t0) > 0 and direction * (t1 - x) > 0]
     if len({x for x, _ in inside}) != len(inside):
         raise InvalidProblemError("options['step_t'] and options['jump_t'] must not repeat a time (within or between them)")
+    given = {x for x, _ in inside}
+    inside += [(x, False) for x in dict.fromkeys(saves) if x not in given and direction * (x - t0) > 0 and direction * (t1 - x) > 0]
     return sorted(inside, key=lambda p: direction * p[0])
 
 

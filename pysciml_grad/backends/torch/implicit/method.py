@@ -117,6 +117,10 @@ class ImplicitRK(FixedStepImplicit):
     def fsal(self) -> bool:
         return bool(self.table.fsal) and self.adaptive
 
+    @property
+    def steps_to_saves(self) -> bool:
+        return bool(getattr(self.table, "steps_to_saves", False)) and self.adaptive
+
     def fresh(self, rtol: float, atol: float) -> "ImplicitRK":
         """The same method with an empty cache and these tolerances (an adjoint's backward solve)."""
         return ImplicitRK(self.table, self.jacobian, rtol, atol, self.max_iters, self.fixed)
