@@ -33,6 +33,7 @@ Controller and error norm are those of ``control.PIController`` and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 import warnings
@@ -186,19 +187,36 @@ def _cache_slot(func: Callable) -> Tuple[Dict[Tuple, CompiledStep], Any, Tuple]:
         return _UNOWNED, inner, (id(func),)
 
 
-def _call(entry: CompiledStep, *args):
-    """``entry.fn(*args)``, or ``None`` (with a CompileFallbackWarning, and ``entry``
-    marked broken) when the first calls fail to capture func in one graph."""
+def _call(entry: CompiledStep, *args, warn: bool = True):
+    """``entry.fn(*args)``, or ``None`` (``entry`` marked broken, with a
+    CompileFallbackWarning unless ``warn`` is False) when the first calls fail to capture
+    func in one graph."""
     try:
         out = entry.fn(*args)
     except Exception as exc:  # capture failed: func is not traceable in one graph
         if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
             raise
         entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        _warn_fallback(entry.broken, stacklevel=5)
+        if warn:
+            _warn_fallback(entry.broken, stacklevel=5)
         return None
     entry.calls += 1
     return out
+
+
+@contextlib.contextmanager
+def _tracing_autograd():
+    """Let dynamo trace ``torch.autograd.grad`` inside our compiled calls: the switch
+    (``torch._dynamo.config.trace_autograd_ops``, torch/_dynamo/config.py, off by default)
+    is read when a frame is traced, so it is set around our calls only, and the user's own
+    compiled code is traced as before."""
+    cfg = torch._dynamo.config
+    before = cfg.trace_autograd_ops
+    cfg.trace_autograd_ops = True
+    try:
+        yield
+    finally:
+        cfg.trace_autograd_ops = before
 
 
 def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
@@ -427,14 +445,9 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
         ctl = PIController.for_method(tab.error_order, opts)
         fn = _fresh_code(make_step(tab, make_aug(), ctl, opts.max_step, ratio, f64_times))
         entry = cache[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
-    cfg = torch._dynamo.config
-    before = cfg.trace_autograd_ops
-    cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
-    try:
+    with _tracing_autograd():
         return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
                                   entry=entry, extra=tuple(table) + tuple(ps))
-    finally:
-        cfg.trace_autograd_ops = before
 
 
 def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0: torch.Tensor, f0: torch.Tensor,
@@ -523,20 +536,8 @@ class CompiledPanel:
         dev = a_n.device
         th = torch.tensor([t, h], dtype=torch.float64, device=dev).unbind(0)
         fn = f_next() if self.hermite else a_n  # only the Hermite interpolant reads f_next
-        cfg = torch._dynamo.config
-        before = cfg.trace_autograd_ops
-        cfg.trace_autograd_ops = True  # see CompiledReplay.vjp
-        try:
-            out = entry.fn(th[0], th[1], a_n, a_next, list(ks), fn, *self.table, list(g), list(ps))
-        except Exception as exc:
-            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-                raise
-            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            return None
-        finally:
-            cfg.trace_autograd_ops = before
-        entry.calls += 1
-        return out
+        with _tracing_autograd():
+            return _call(entry, th[0], th[1], a_n, a_next, list(ks), fn, *self.table, list(g), list(ps), warn=False)
 
 
 def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTableau, nodes: Sequence[float],
@@ -656,23 +657,8 @@ class CompiledReplay:
     def _run(self, entry: Optional[CompiledStep], *args):
         if entry is None or entry.broken is not None:
             return None
-        # torch.autograd.grad is traced only with this dynamo switch (torch/_dynamo/config.py,
-        # off by default); it is read when a frame is traced, so it is set around our calls
-        # only, and the user's own compiled code is traced as before.
-        cfg = torch._dynamo.config
-        before = cfg.trace_autograd_ops
-        cfg.trace_autograd_ops = True
-        try:
-            out = entry.fn(*args)
-        except Exception as exc:
-            if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
-                raise
-            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            return None
-        finally:
-            cfg.trace_autograd_ops = before
-        entry.calls += 1
-        return out
+        with _tracing_autograd():
+            return _call(entry, *args, warn=False)
 
     def __call__(self, t: float, h: float, y: torch.Tensor) -> Optional[torch.Tensor]:
         entry = self.entry
