@@ -60,3 +60,19 @@ class MLP(torch.nn.Module):
 
     def forward(self, t, y):
         return self.net(y)
+
+
+def stiff_gradient_problem():
+    """A mildly stiff linear-plus-nonlinear 2-state problem (eigenvalues near -2 and -30) for
+    the implicit methods' gradient tests: (f, y0, inputs), every input requiring grad, c
+    read only through func's closure. float64."""
+    D = torch.float64
+    W = torch.tensor([[-2.0, 1.0], [0.5, -30.0]], dtype=D, requires_grad=True)
+    b = torch.tensor([0.3, -0.2], dtype=D, requires_grad=True)
+    c = torch.tensor(0.7, dtype=D, requires_grad=True)
+
+    def f(t, y):
+        return W @ y + torch.sin(y) * b + c * torch.cos(t) * torch.tensor([1.0, 0.0], dtype=D)
+
+    y0 = torch.tensor([1.0, 0.5], dtype=D, requires_grad=True)
+    return f, y0, [y0, W, b, c]

@@ -17,6 +17,8 @@ from pysciml_grad.backends.torch.stepping import StepRejected
 from pysciml_grad.backends.torch.tableaus import ESDIRK_TABLEAUS
 from pysciml_grad.errors import NewtonConvergenceError, UnknownMethodError
 
+from problems import stiff_gradient_problem  # tests/problems.py, before benchmarks/ joins the path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import stiff_problems as sp  # noqa: E402
 
@@ -191,15 +193,7 @@ def test_user_jacobian_is_used_and_gives_the_same_solution():
 
 
 def _problem():
-    W = torch.tensor([[-2.0, 1.0], [0.5, -30.0]], dtype=D, requires_grad=True)
-    b = torch.tensor([0.3, -0.2], dtype=D, requires_grad=True)
-    c = torch.tensor(0.7, dtype=D, requires_grad=True)  # read only through the closure
-
-    def f(t, y):
-        return W @ y + torch.sin(y) * b + c * torch.cos(t) * torch.tensor([1.0, 0.0], dtype=D)
-
-    y0 = torch.tensor([1.0, 0.5], dtype=D, requires_grad=True)
-    return f, y0, [y0, W, b, c]
+    return stiff_gradient_problem()
 
 
 def _loss(f, y0, method, sensealg, options, rtol=1e-12):

@@ -8,6 +8,8 @@ import torch
 
 import pysciml_grad as psg
 from pysciml_grad.backends.torch.tableaus import IMPLICIT_TABLEAUS
+
+from problems import stiff_gradient_problem
 from pysciml_grad.errors import NewtonConvergenceError, SolverError
 
 D = torch.float64
@@ -73,15 +75,7 @@ def test_newton_failure_names_the_time():
 
 
 def _problem():
-    W = torch.tensor([[-2.0, 1.0], [0.5, -30.0]], dtype=D, requires_grad=True)
-    b = torch.tensor([0.3, -0.2], dtype=D, requires_grad=True)
-    c = torch.tensor(0.7, dtype=D, requires_grad=True)  # read only through the closure
-
-    def f(t, y):
-        return W @ y + torch.sin(y) * b + c * torch.cos(t) * torch.tensor([1.0, 0.0], dtype=D)
-
-    y0 = torch.tensor([1.0, 0.5], dtype=D, requires_grad=True)
-    return f, y0, [y0, W, b, c]
+    return stiff_gradient_problem()
 
 
 def _loss(f, y0, method, sensealg):
