@@ -252,3 +252,22 @@ def test_continuous_adjoint_solves_backward_with_kvaerno5(sensealg):
         for a, b in zip(g, ref):
             assert float((a - b).abs().max() / b.abs().max()) < 1e-6, (g, ref)
     assert stats.nfe_backward < 5000
+
+
+def test_steps_to_saves_option_decides_over_the_method():
+    # options steps_to_saves=False serves kvaerno5's saves from the Hermite dense output
+    # (fewer steps than saves), True makes an explicit method end its steps on them; a
+    # non-bool is refused at once.
+    f = lambda t, y: -y  # noqa: E731
+    y0 = torch.ones(1, dtype=D)
+    t = torch.linspace(0, 2, 41, dtype=D)
+    _, on = psg.odeint(f, y0, t, method="kvaerno5", rtol=1e-5, atol=1e-8, options={"return_stats": True})
+    ys, off = psg.odeint(f, y0, t, method="kvaerno5", rtol=1e-5, atol=1e-8,
+                         options={"return_stats": True, "steps_to_saves": False})
+    assert on.n_steps >= 40 > off.n_steps
+    assert torch.allclose(ys[:, 0], torch.exp(-t), atol=1e-4)
+    _, rk = psg.odeint(f, y0, t, method="dopri5", rtol=1e-5, atol=1e-8, options={"return_stats": True, "steps_to_saves": True})
+    _, rk_default = psg.odeint(f, y0, t, method="dopri5", rtol=1e-5, atol=1e-8, options={"return_stats": True})
+    assert rk.n_steps >= 40 > rk_default.n_steps
+    with pytest.raises(psg.errors.InvalidProblemError, match="steps_to_saves"):
+        psg.odeint(f, y0, t, method="kvaerno5", options={"steps_to_saves": "yes"})

@@ -312,6 +312,7 @@ TORCH_ONLY_OPTIONS = {
     },
     "jump_t": "not translated yet (SciML's d_discontinuities would be the counterpart); use backend='torch'",
     "step_t": "not translated yet (SciML's tstops would be the counterpart); use backend='torch'",
+    "steps_to_saves": "not translated yet (SciML's tstops = saveat would be the counterpart); use backend='torch'",
     "accept_min_step": "SciML has no 'accept any step at dtmin' mode; use backend='torch'",
     "grid_constructor": "a Python grid function is not translated; pass the grid as t, or use backend='torch'",
     "interp": "SciML serves save times from its own dense output; use backend='torch' for linear interpolation",

@@ -249,8 +249,9 @@ def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentia
         return "t requires grad (dL/dt is taken through the eager loop)"
     if opts.norm is not None:
         return "a user error norm (options['norm'])"
-    if opts.jump_t or opts.step_t or opts.accept_min_step:
-        return "options['jump_t'] / options['step_t'] / options['accept_min_step'] change the step sequence, which the compiled loop does not"
+    if opts.jump_t or opts.step_t or opts.accept_min_step or opts.steps_to_saves:
+        return ("options['jump_t'] / options['step_t'] / options['steps_to_saves'] / options['accept_min_step'] "
+                "change the step sequence, which the compiled loop does not")
     if callbacks.step is not None or callbacks.accept is not None or callbacks.reject is not None:
         return "func has step callbacks (callback_step / callback_accept_step / callback_reject_step)"
     return None

@@ -46,6 +46,10 @@ class SolverOptions:
                    them, the stages at a step's end are evaluated just before the jump
                    (t one ulp short of it) and the next step restarts from f just after it.
     step_t         adaptive methods: times every step sequence must hit exactly (FSAL kept).
+    steps_to_saves adaptive methods: True ends the steps on the save times (as step_t = t
+                   would), False serves them from the dense output; default None: the
+                   method's choice (the ESDIRK methods step to them, their dense output
+                   being cubic Hermite; the others interpolate).
     accept_min_step  with min_step > 0: min_step is a floor, as in torchdiffeq: a step is
                    never shorter than min_step and a step of min_step is accepted whatever
                    its error. Off (default): a step that must fall below min_step raises.
@@ -83,6 +87,7 @@ class SolverOptions:
     compile: Any = False
     jump_t: Optional[Tuple[float, ...]] = None
     step_t: Optional[Tuple[float, ...]] = None
+    steps_to_saves: Optional[bool] = None
     accept_min_step: bool = False
     grid_constructor: Optional[Callable[..., Any]] = None
     interp: str = "hermite"
@@ -205,6 +210,7 @@ _OPTION_CHECKS = {
     "compile": _compile,
     "jump_t": _times,
     "step_t": _times,
+    "steps_to_saves": validate.flag,
     "accept_min_step": validate.flag,
     "grid_constructor": _function("(func, y0, t) -> 1-D tensor of step points"),
     "interp": _choice("hermite", "linear"),
@@ -214,7 +220,7 @@ _OPTION_CHECKS = {
     "jac": lambda name, v: _implicit_check("check_jac")(name, v),
     "jacobian": lambda name, v: _implicit_check("check_strategy")(name, v),
 }
-_MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters", "jump_t", "step_t",
+_MAY_BE_NONE = ("step_size", "first_step", "norm", "max_order", "max_iters", "jump_t", "step_t", "steps_to_saves",
                 "grid_constructor", "solver", "jac", "jacobian")
 
 

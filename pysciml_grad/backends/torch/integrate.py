@@ -258,9 +258,11 @@ def integrate_adaptive(
     trials = 0
     nonfinite_from: Optional[float] = None  # |h| of the first trial in a run of non-finite ones
     # A table whose only dense output is cubic Hermite inside long stiff steps ends its steps
-    # on the save times instead (see EmbeddedImplicitTableau.steps_to_saves); not when dL/dt
-    # is wanted, where a save's gradient comes from the interpolant's time derivative.
-    to_saves = getattr(tab, "steps_to_saves", False) and not tensor_times
+    # on the save times instead (see EmbeddedImplicitTableau.steps_to_saves; options
+    # steps_to_saves decides over it); not when dL/dt is wanted, where a save's gradient
+    # comes from the interpolant's time derivative.
+    to_saves = opts.steps_to_saves if opts.steps_to_saves is not None else getattr(tab, "steps_to_saves", False)
+    to_saves = bool(to_saves) and not tensor_times
     stops = _stop_points(opts, ts[0], ts[-1], direction, ts[1:-1] if to_saves else ())
     next_stop = 0
     after_jump = False  # the next accepted step starts from f just after a jump_t
