@@ -76,3 +76,18 @@ def stiff_gradient_problem():
 
     y0 = torch.tensor([1.0, 0.5], dtype=D, requires_grad=True)
     return f, y0, [y0, W, b, c]
+
+
+def check_stiff_gradient_by_central_differences(loss, inputs, grads, eps=1e-6, rtol=1e-6):
+    """Float64 central differences of ``loss()`` (no graph) for y0[1], W[1, 1] and the closure's
+    c of :func:`stiff_gradient_problem`, against ``grads`` (the gradients of the same inputs)."""
+    for k, index in ((0, (1,)), (1, (1, 1)), (3, ())):
+        tensor, g = inputs[k], grads[k]
+        with torch.no_grad():
+            tensor[index] += eps
+            up = loss()
+            tensor[index] -= 2 * eps
+            down = loss()
+            tensor[index] += eps
+        fd = float((up - down) / (2 * eps))
+        assert abs(float(g[index]) - fd) <= rtol * max(1.0, abs(fd)), (index, float(g[index]), fd)

@@ -79,6 +79,13 @@ def test_same_solution_as_eager_and_scipy(method):
     assert np.abs(ys_c.numpy() - ref).max() < 1e-6
 
 
+def random_times(gen: torch.Generator) -> torch.Tensor:
+    """Three sorted save times in a random window: a new t and span for every call."""
+    t0 = float(torch.rand((), generator=gen)) * 2 - 1
+    span = 0.2 + float(torch.rand((), generator=gen))
+    return torch.sort(t0 + span * torch.rand(3, generator=gen, dtype=torch.float64)).values
+
+
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 def test_no_recompile_over_100_calls_with_random_times():
     from torch._dynamo.utils import counters
@@ -91,9 +98,7 @@ def test_no_recompile_over_100_calls_with_random_times():
         recompiles = sum(counters["recompiles"].values())
         with torch.compiler.set_stance("fail_on_recompile"):  # a recompile raises here
             for _ in range(100):
-                t0 = float(torch.rand((), generator=gen)) * 2 - 1
-                span = 0.2 + float(torch.rand((), generator=gen))
-                t = torch.sort(t0 + span * torch.rand(3, generator=gen, dtype=torch.float64)).values
+                t = random_times(gen)
                 y0 = torch.randn(3, 2, generator=gen, dtype=torch.float64)
                 ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, options={"compile": EAGER})
                 assert torch.isfinite(ys).all()
@@ -369,9 +374,7 @@ def test_interpolating_adjoint_backward_no_recompile_over_20_calls_with_random_t
     recompiles = sum(counters["recompiles"].values())
     with torch.compiler.set_stance("fail_on_recompile"):  # a recompile raises here
         for _ in range(20):
-            t0 = float(torch.rand((), generator=gen)) * 2 - 1
-            span = 0.2 + float(torch.rand((), generator=gen))
-            t = torch.sort(t0 + span * torch.rand(3, generator=gen, dtype=torch.float64)).values
+            t = random_times(gen)
             assert torch.isfinite(solve(t, torch.randn(3, 2, generator=gen, dtype=torch.float64))).all()
     assert counters["stats"]["unique_graphs"] == graphs
     assert sum(counters["recompiles"].values()) == recompiles
