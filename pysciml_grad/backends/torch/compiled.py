@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteStateError
+from .aten_math import with_aten_math
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .integrate import (
@@ -67,11 +68,11 @@ Scalar = Union[float, torch.Tensor]
 COMPILE_KEYWORDS = ("backend", "mode", "options")
 
 
-def compile_settings(value: Any) -> Dict[str, Any]:
-    """Normalise ``options["compile"]`` (True or a mapping of torch.compile keywords)."""
-    if value is True:
-        return {}
-    return dict(value)
+def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
+    """Normalise ``options["compile"]`` (True or a mapping of torch.compile keywords) for
+    a solve on ``device``: on CPU, inductor keeps ATen's kernels for tanh, exp and the
+    other transcendental functions (``aten_math.py``: inductor's own are 3-8x slower there)."""
+    return with_aten_math({} if value is True else dict(value), device)
 
 
 def _combine(y, hc, coeffs, ks):
@@ -307,7 +308,7 @@ def integrate_compiled(
     rtol_t = torch.as_tensor(rtol, dtype=y0.dtype, device=dev)
     atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=dev)
     if entry is None:
-        settings = compile_settings(opts.compile)
+        settings = compile_settings(opts.compile, dev)
         entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings)
     if entry.broken is not None:
         _warn_fallback(entry.broken)
@@ -434,7 +435,7 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
     solve's error norm and controller, so the same steps. ``table``: tensors passed before
     the parameters (graph inputs; their shapes are in the key). None (with a
     :class:`CompileFallbackWarning`) when func cannot be captured."""
-    settings = compile_settings(opts.compile)
+    settings = compile_settings(opts.compile, s0.device)
     func, ps = rhs.func, rhs.params
     cache, inner, prefix = _cache_slot(func)
     key = prefix + (kind, tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
@@ -545,7 +546,7 @@ def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTable
                    weights: Sequence[float], ps: Sequence[torch.Tensor], a: torch.Tensor, table,
                    opts: SolverOptions) -> CompiledPanel:
     """The cached :class:`CompiledPanel` (keyed as :func:`compiled_step`, plus the table's shapes)."""
-    settings = compile_settings(opts.compile)
+    settings = compile_settings(opts.compile, a.device)
     cache, inner, prefix = _cache_slot(func)
     key = prefix + ("quadrature_panel", adj_tab, inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
                     a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
@@ -675,7 +676,7 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     """The cached compiled replay step (see :func:`make_replay`) and its VJP forms
     (:func:`make_replay_vjp`: ``tab``, and ``full_tab`` with its dense stages seeded when
     that table has a continuous extension), keyed as :func:`compiled_step`."""
-    settings = compile_settings(opts.compile)
+    settings = compile_settings(opts.compile, y.device)
     table, inner, prefix = _cache_slot(func)
     rest = (tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
     key = prefix + ("replay",) + rest
@@ -749,7 +750,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
             f"the fixed-step grid has {len(grid_f) - 1} steps, more than max_num_steps={opts.max_num_steps}: "
             "raise options['max_num_steps'], the step size, or pass fewer save times."
         )
-    settings = fixed_step_settings(compile_settings(opts.compile), y0.device, torch.is_grad_enabled())
+    settings = fixed_step_settings(compile_settings(opts.compile, y0.device), y0.device, torch.is_grad_enabled())
     graphed = settings.get("mode") in CUDA_GRAPH_MODES
     table, inner, prefix = _cache_slot(rhs.func)
     key = prefix + ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),

@@ -1,0 +1,113 @@
+"""ATen's CPU kernels for the transcendental functions inside inductor's graphs.
+
+On CPU, inductor generates its own vectorised code for ``tanh``, ``exp``, ``sigmoid``
+and the like, and that code is several times slower than the kernels ATen calls in
+eager mode (pytorch/pytorch#110611, open). Measured here with torch 2.13.0, one thread,
+a 512 x 64 float32 tensor (``benchmarks/aten_math.py`` writes the table): tanh 21 us
+eager against 104 us compiled, exp 11 against 86, sigmoid 19 against 64. A neural ODE's
+right-hand side is mostly such layers, so compiling the Runge-Kutta step together with
+``func`` (``compiled.py``) made the P2 benchmark's step slower than eager although it
+removed the solver's per-op overhead.
+
+This module keeps inductor for everything else (the stage combinations, the error norm,
+the controller: elementwise arithmetic it fuses well) and hands the transcendental
+functions back to ATen: a post-grad graph pass (``torch._inductor.config
+.post_grad_custom_pre_pass``, torch/_inductor/config.py; it runs on the forward and on
+the backward graph after autograd has been traced, so no derivative formula is needed)
+replaces each ``aten.<fn>.default`` on a CPU float32/float64 tensor by the opaque custom
+op ``pysciml_grad::aten_<fn>``, which inductor calls as an extern kernel, and whose
+kernel is ``aten.<fn>`` itself: the numbers are those of eager mode, bit for bit.
+
+Only the compiled solver steps use it, only on CPU (on CUDA inductor's kernels are the
+fast ones), and only when the user gave no post-grad pass of their own
+(:func:`with_aten_math`). The pass has a ``uuid``, so inductor's on-disk cache keeps the
+graphs compiled with it apart from those compiled without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+#: The ATen functions kept as ATen kernels on CPU: each measured slower compiled than eager
+#: (benchmarks/aten_math.md). gelu, silu, softplus and elu reach inductor decomposed into
+#: these (erf, sigmoid, exp/log1p, expm1).
+ATEN_FUNCTIONS = ("tanh", "sigmoid", "exp", "expm1", "log", "log1p", "sin", "cos", "erf")
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _define_ops() -> Dict[Any, Any]:
+    """``pysciml_grad::aten_<fn>`` for each fn: opaque to inductor (so it calls them as
+    extern kernels), their CPU kernel is ``aten.<fn>.default`` itself. Registered with
+    ``torch.library.Library`` and the OpOverload as kernel, which costs ~2 us a call here;
+    ``torch.library.custom_op`` cost ~20 us (its Python wrapper runs on every call)."""
+    lib = torch.library.Library("pysciml_grad", "FRAGMENT")
+    ops = {}
+    for name in ATEN_FUNCTIONS:
+        lib.define(f"aten_{name}(Tensor x) -> Tensor")
+        lib.impl(f"aten_{name}", getattr(torch.ops.aten, name).default, "CPU")
+        torch.library.register_fake(f"pysciml_grad::aten_{name}", lambda x: torch.empty_like(x), lib=lib)
+        ops[getattr(torch.ops.aten, name).default] = getattr(torch.ops.pysciml_grad, f"aten_{name}").default
+    ops["library"] = lib  # the registrations live as long as this object
+    return ops
+
+
+try:  # torch >= 2.4: torch.library.register_fake and inductor's CustomGraphPass
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    _OPS = _define_ops()
+
+    class AtenMathPass(CustomGraphPass):
+        """Replace ``aten.<fn>.default`` (fn in :data:`ATEN_FUNCTIONS`) on CPU float tensors
+        by ``pysciml_grad::aten_<fn>``."""
+
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            for node in list(graph.nodes):
+                op = _OPS.get(node.target) if node.op == "call_function" else None
+                if op is None or len(node.args) != 1 or node.kwargs:
+                    continue
+                val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+                if not isinstance(val, torch.Tensor) or val.device.type != "cpu" or val.dtype not in _FLOAT_DTYPES:
+                    continue
+                with graph.inserting_before(node):
+                    new = graph.call_function(op, (node.args[0],))
+                new.meta.update(node.meta)
+                node.replace_all_uses_with(new)
+                graph.erase_node(node)
+
+        def __repr__(self) -> str:  # part of compiled.py's cache keys
+            return f"AtenMathPass({', '.join(ATEN_FUNCTIONS)})"
+
+        def uuid(self) -> Optional[Any]:
+            # The graphs it produces depend on the op list and the replacement only.
+            return ("pysciml_grad.aten_math", 2, ATEN_FUNCTIONS)
+
+    ATEN_MATH_PASS: Optional[CustomGraphPass] = AtenMathPass()
+except (ImportError, AttributeError, RuntimeError):  # older torch: inductor's own kernels, as before
+    ATEN_MATH_PASS = None
+
+_PASS_KEY = "post_grad_custom_pre_pass"
+
+
+def with_aten_math(settings: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """torch.compile keywords ``settings`` with the ATen-math pass added on CPU.
+
+    Unchanged when the device is not a CPU, when another backend than inductor was chosen,
+    or when the user's inductor options already name a post-grad pass (theirs wins; give
+    ``{"options": {"post_grad_custom_pre_pass": None}}`` to compile with inductor's own
+    kernels). torch.compile takes either ``mode`` or ``options``, so a mode is expanded
+    into its options (``torch._inductor.list_mode_options``) to carry the pass."""
+    if ATEN_MATH_PASS is None or device.type != "cpu" or settings.get("backend", "inductor") != "inductor":
+        return settings
+    options = dict(settings.get("options") or {})
+    if _PASS_KEY in options:
+        return settings
+    out = {k: v for k, v in settings.items() if k != "mode"}
+    if "mode" in settings and settings["mode"] is not None:
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(settings["mode"]), **options}
+    out["options"] = {**options, _PASS_KEY: ATEN_MATH_PASS}
+    return out

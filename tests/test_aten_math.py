@@ -1,0 +1,106 @@
+"""backends/torch/aten_math.py: inductor's CPU graphs call ATen's transcendental kernels.
+
+Oracle: eager ATen itself. The pass must leave the graph computing exactly what eager
+mode computes (bit for bit: the kernel is the same), and must touch only CPU float
+tensors of the listed functions. The graph-level tests run the pass on an ATen graph
+traced by make_fx (what inductor's post-grad passes see) and need no inductor compile;
+the end-to-end compile is opt-in (PSG_INDUCTOR_TESTS=1), as in test_compiled.py.
+"""
+
+import os
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import pysciml_grad as psg
+from pysciml_grad.backends.torch import aten_math
+from pysciml_grad.backends.torch.aten_math import ATEN_MATH_PASS, with_aten_math
+
+pytestmark = pytest.mark.skipif(ATEN_MATH_PASS is None, reason="needs torch.library.register_fake and CustomGraphPass")
+
+
+def mlp_like(x):
+    # The functions a neural ODE's layers reach inductor as, plus arithmetic that must stay.
+    h = torch.tanh(x @ x.T) + torch.sigmoid(x).sum() * torch.exp(-x.square()).mean()
+    return torch.log1p(h.abs()) + torch.sin(h) * torch.cos(h) + torch.erf(h) + torch.expm1(-h.abs()) + torch.log(h.abs() + 1)
+
+
+def targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_pass_swaps_every_listed_function_and_the_result_is_eagers_bit_for_bit(dtype):
+    x = torch.randn(16, 16, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    gm = make_fx(mlp_like, tracing_mode="fake")(x)
+    ATEN_MATH_PASS(gm.graph)
+    gm.recompile()
+    ops = targets(gm)
+    for name in aten_math.ATEN_FUNCTIONS:
+        assert getattr(torch.ops.aten, name).default not in ops, name
+        assert getattr(torch.ops.pysciml_grad, f"aten_{name}").default in ops, name
+    assert torch.ops.aten.mm.default in ops  # the rest of the graph is untouched
+    assert torch.equal(gm(x), mlp_like(x))
+
+
+def test_the_pass_leaves_half_and_complex_inputs_alone():
+    def f(x, z):
+        return torch.exp(x.to(torch.float16)).float().sum() + torch.exp(z).real.sum()
+
+    x = torch.arange(4)
+    z = torch.randn(3, dtype=torch.complex64)
+    gm = make_fx(f, tracing_mode="fake")(x, z)
+    before = targets(gm)
+    ATEN_MATH_PASS(gm.graph)
+    assert targets(gm) == before  # float16 and complex exp stay inductor's
+
+
+def test_settings_add_the_pass_on_cpu_only_and_respect_the_users_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    key = "post_grad_custom_pre_pass"
+    assert with_aten_math({}, cpu) == {"options": {key: ATEN_MATH_PASS}}
+    assert with_aten_math({}, cuda) == {}
+    assert with_aten_math({"backend": "eager"}, cpu) == {"backend": "eager"}
+    mine = {"options": {key: None}}
+    assert with_aten_math(mine, cpu) == mine
+    merged = with_aten_math({"options": {"size_asserts": False}}, cpu)
+    assert merged == {"options": {"size_asserts": False, key: ATEN_MATH_PASS}}
+    # torch.compile takes mode or options, not both: a mode is carried as its options.
+    from torch._inductor import list_mode_options
+
+    moded = with_aten_math({"mode": "max-autotune-no-cudagraphs"}, cpu)
+    assert "mode" not in moded
+    assert moded["options"] == {**list_mode_options("max-autotune-no-cudagraphs"), key: ATEN_MATH_PASS}
+
+
+def test_the_custom_ops_are_atens_kernels():
+    x = torch.randn(7, 5, dtype=torch.float64)
+    for name in aten_math.ATEN_FUNCTIONS:
+        arg = x.abs() if name in ("log", "log1p") else x
+        assert torch.equal(getattr(torch.ops.pysciml_grad, f"aten_{name}")(arg), getattr(torch, name)(arg)), name
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(os.environ.get("PSG_INDUCTOR_TESTS") != "1", reason="inductor compile takes 30-90 s; set PSG_INDUCTOR_TESTS=1")
+def test_a_compiled_solve_calls_atens_tanh_and_matches_eager():
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    y0 = torch.randn(8, 2)
+    t = torch.tensor([0.0, 1.0])
+
+    def grads(options):
+        net.zero_grad()
+        ys = psg.odeint(lambda s, y: net(y), y0, t, rtol=1e-6, atol=1e-8, options=options)
+        ys[-1].square().sum().backward()
+        return ys[-1].detach(), [p.grad.clone() for p in net.parameters()]
+
+    eager = grads({})
+    with profile() as prof:
+        compiled = grads({"compile": True})
+    assert any(e.name == "pysciml_grad::aten_tanh" for e in prof.events())
+    assert torch.allclose(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled[1], eager[1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
