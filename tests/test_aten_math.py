@@ -32,7 +32,7 @@ def targets(gm):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_pass_swaps_every_listed_function_and_the_result_is_eagers_bit_for_bit(dtype):
-    x = torch.randn(16, 16, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, 64, dtype=dtype, generator=torch.Generator().manual_seed(0))
     gm = make_fx(mlp_like, tracing_mode="fake")(x)
     ATEN_MATH_PASS(gm.graph)
     gm.recompile()
@@ -48,30 +48,39 @@ def test_the_pass_leaves_half_and_complex_inputs_alone():
     def f(x, z):
         return torch.exp(x.to(torch.float16)).float().sum() + torch.exp(z).real.sum()
 
-    x = torch.arange(4)
-    z = torch.randn(3, dtype=torch.complex64)
+    x = torch.arange(4096)
+    z = torch.randn(4096, dtype=torch.complex64)
     gm = make_fx(f, tracing_mode="fake")(x, z)
     before = targets(gm)
     ATEN_MATH_PASS(gm.graph)
     assert targets(gm) == before  # float16 and complex exp stay inductor's
 
 
+def test_small_tensors_keep_inductors_fused_code():
+    big, small = torch.randn(64, 64), torch.randn(16, 16)  # 4096 and 256 elements
+    gm = make_fx(lambda a, b: torch.tanh(a).sum() + torch.tanh(b).sum(), tracing_mode="fake")(big, small)
+    ATEN_MATH_PASS(gm.graph)
+    ops = targets(gm)
+    assert ops.count(torch.ops.pysciml_grad.aten_tanh.default) == 1
+    assert ops.count(torch.ops.aten.tanh.default) == 1
+
+
 def test_settings_add_the_pass_on_cpu_only_and_respect_the_users_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     key = "post_grad_custom_pre_pass"
-    assert with_aten_math({}, cpu) == {"options": {key: ATEN_MATH_PASS}}
+    ours = {key: ATEN_MATH_PASS, "size_asserts": False, "alignment_asserts": False}
+    assert with_aten_math({}, cpu) == {"options": ours}
     assert with_aten_math({}, cuda) == {}
     assert with_aten_math({"backend": "eager"}, cpu) == {"backend": "eager"}
-    mine = {"options": {key: None}}
-    assert with_aten_math(mine, cpu) == mine
-    merged = with_aten_math({"options": {"size_asserts": False}}, cpu)
-    assert merged == {"options": {"size_asserts": False, key: ATEN_MATH_PASS}}
+    assert with_aten_math({"options": {key: None}}, cpu) == {"options": {**ours, key: None}}
+    merged = with_aten_math({"options": {"size_asserts": True, "max_autotune": True}}, cpu)
+    assert merged == {"options": {**ours, "size_asserts": True, "max_autotune": True}}
     # torch.compile takes mode or options, not both: a mode is carried as its options.
     from torch._inductor import list_mode_options
 
     moded = with_aten_math({"mode": "max-autotune-no-cudagraphs"}, cpu)
     assert "mode" not in moded
-    assert moded["options"] == {**list_mode_options("max-autotune-no-cudagraphs"), key: ATEN_MATH_PASS}
+    assert moded["options"] == {**ours, **list_mode_options("max-autotune-no-cudagraphs")}
 
 
 def test_the_custom_ops_are_atens_kernels():
@@ -88,7 +97,7 @@ def test_a_compiled_solve_calls_atens_tanh_and_matches_eager():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-    y0 = torch.randn(8, 2)
+    y0 = torch.randn(256, 2)  # hidden layer 256 x 16: above aten_math.MIN_NUMEL
     t = torch.tensor([0.0, 1.0])
 
     def grads(options):
