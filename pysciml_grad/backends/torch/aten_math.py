@@ -1,26 +1,28 @@
-"""ATen's CPU kernels for the transcendental functions inside inductor's graphs.
+"""ATen's CPU kernel for tanh inside inductor's graphs.
 
-On CPU, inductor generates its own vectorised code for ``tanh``, ``exp``, ``sigmoid``
-and the like, and that code is several times slower than the kernels ATen calls in
-eager mode (pytorch/pytorch#110611, open). Measured here with torch 2.13.0, one thread,
-a 512 x 64 float32 tensor (``benchmarks/aten_math.py`` writes the table): tanh 21 us
-eager against 104 us compiled, exp 11 against 86, sigmoid 19 against 64. A neural ODE's
-right-hand side is mostly such layers, so compiling the Runge-Kutta step together with
-``func`` (``compiled.py``) made the P2 benchmark's step slower than eager although it
-removed the solver's per-op overhead.
+On CPU, inductor generates its own vectorised code for ``tanh``, and that code is several
+times slower than the kernel ATen calls in eager mode (pytorch/pytorch#110611, open, reports
+the same for several transcendental functions). Measured here with torch 2.13.0, one thread,
+a 512 x 64 float32 tensor (``benchmarks/aten_math.py`` writes the table, ``aten_math.md``):
+tanh 21-22 us eager against ~81-83 us for inductor's kernel. For exp, sigmoid, expm1, log,
+log1p, sin, cos and erf inductor's kernels measured as fast as ATen's or faster, so they
+stay inductor's. A neural ODE's right-hand side is often tanh layers, so compiling the
+Runge-Kutta step together with ``func`` (``compiled.py``) made the P2 benchmark's step
+slower than eager although it removed the solver's per-op overhead.
 
 This module keeps inductor for everything else (the stage combinations, the error norm,
-the controller: elementwise arithmetic it fuses well) and hands the transcendental
-functions back to ATen: a post-grad graph pass (``torch._inductor.config
-.post_grad_custom_pre_pass``, torch/_inductor/config.py; it runs on the forward and on
-the backward graph after autograd has been traced, so no derivative formula is needed)
-replaces each ``aten.<fn>.default`` on a CPU float32/float64 tensor by the opaque custom
-op ``pysciml_grad::aten_<fn>``, which inductor calls as an extern kernel, and whose
-kernel is ``aten.<fn>`` itself: the numbers are those of eager mode, bit for bit.
+the controller: elementwise arithmetic it fuses well) and hands tanh back to ATen: a
+post-grad graph pass (``torch._inductor.config.post_grad_custom_pre_pass``,
+torch/_inductor/config.py; it runs on the forward and on the backward graph after autograd
+has been traced, so no derivative formula is needed; tanh's derivative is arithmetic on its
+output and stays fused) replaces each ``aten.tanh.default`` on a CPU float32/float64 tensor
+by the opaque op ``pysciml_grad::aten_tanh``, which inductor calls as an extern kernel, and
+whose kernel is ``aten.tanh`` itself: the numbers are those of eager mode, bit for bit.
 
 Only the compiled solver steps use it, only on CPU (on CUDA inductor's kernels are the
-fast ones), and the user's own inductor options win (:func:`with_aten_math`). The pass has a ``uuid``, so inductor's on-disk cache keeps the
-graphs compiled with it apart from those compiled without it.
+fast ones), and the user's own inductor options win (:func:`with_aten_math`). The pass has
+a ``uuid``, so inductor's on-disk cache keeps the graphs compiled with it apart from those
+compiled without it.
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ from typing import Any, Dict, Optional
 
 import torch
 
-#: The ATen functions kept as ATen kernels on CPU: each measured slower compiled than eager
-#: (benchmarks/aten_math.md). gelu, silu, softplus and elu reach inductor decomposed into
-#: these (erf, sigmoid, exp/log1p, expm1).
-ATEN_FUNCTIONS = ("tanh", "sigmoid", "exp", "expm1", "log", "log1p", "sin", "cos", "erf")
+#: The functions kept as ATen kernels on CPU: those whose inductor kernel measured slower
+#: than eager ATen (benchmarks/aten_math.md, which measures CANDIDATES).
+ATEN_FUNCTIONS = ("tanh",)
+
+#: The unary functions benchmarks/aten_math.py compares (gelu, silu, softplus and elu reach
+#: inductor decomposed into erf, sigmoid, exp / log1p and expm1).
+CANDIDATES = ("tanh", "sigmoid", "exp", "expm1", "log", "log1p", "sin", "cos", "erf")
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
-#: Smallest tensor (elements) whose function is handed to ATen. An extern call costs a few
+#: Smallest tensor (elements) whose tanh is handed to ATen. An extern call costs a few
 #: microseconds and a pass over memory that a fused kernel saves; inductor's tanh costs
-#: ~3.2 ns an element against ATen's ~0.64 (exp 2.6 against 0.33), so ATen wins from
-#: ~1200 elements. Below this (P1's 1 x 16 hidden layer) inductor's fused code is kept.
+#: ~2.5 ns an element against ATen's ~0.65, so ATen wins from ~1000-2000 elements. Below
+#: this (P1's 1 x 16 hidden layer) inductor's fused code is kept.
 MIN_NUMEL = 2048
 
 
@@ -88,7 +93,7 @@ try:  # torch >= 2.4: torch.library.register_fake and inductor's CustomGraphPass
 
         def uuid(self) -> Optional[Any]:
             # The graphs it produces depend on the op list and the replacement only.
-            return ("pysciml_grad.aten_math", 3, ATEN_FUNCTIONS, MIN_NUMEL)
+            return ("pysciml_grad.aten_math", 4, ATEN_FUNCTIONS, MIN_NUMEL)
 
     ATEN_MATH_PASS: Optional[CustomGraphPass] = AtenMathPass()
 except (ImportError, AttributeError, RuntimeError):  # older torch: inductor's own kernels, as before

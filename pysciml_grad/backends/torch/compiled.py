@@ -44,7 +44,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteStateError
-from .aten_math import with_aten_math
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .integrate import (
@@ -72,6 +71,8 @@ def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
     """Normalise ``options["compile"]`` (True or a mapping of torch.compile keywords) for
     a solve on ``device``: on CPU, inductor keeps ATen's kernels for tanh, exp and the
     other transcendental functions (``aten_math.py``: inductor's own are 3-8x slower there)."""
+    from .aten_math import with_aten_math  # imports torch._inductor (~2 s): only when compiling
+
     return with_aten_math({} if value is True else dict(value), device)
 
 
