@@ -58,6 +58,31 @@ if "--warm-cache" not in sys.argv:  # before torch is imported: a cold inductor 
 
 import torch  # noqa: E402
 
+
+def fix_malloc_thresholds() -> str:
+    """glibc only: serve allocations below 64 MiB from the heap and keep freed memory.
+
+    By default glibc maps every block above its (dynamic) mmap threshold, 128 KiB at first,
+    freshly from the kernel and unmaps it on free, so a 512 x 64 float32 activation (exactly
+    128 KiB) can be new pages, page-faulted on first write, in one repetition and reused
+    heap in the next, depending on what the other rows freed. That moved the floor by up
+    to 20 % between repetitions. Fixed thresholds (``mallopt``; M_MMAP_THRESHOLD = -3,
+    M_TRIM_THRESHOLD = -1 in /usr/include/malloc.h, glibc 2.36) give every row the same
+    allocator; the same can be had for any program with the environment variables
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "allocator: as the platform has it (not glibc)"
+    if libc.mallopt(-3, 64 << 20) and libc.mallopt(-1, 1 << 30):
+        return "allocator: glibc with fixed mmap (64 MiB) and trim (1 GiB) thresholds"
+    return "allocator: glibc defaults (mallopt refused)"
+
+
+ALLOCATOR = fix_malloc_thresholds()
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
@@ -217,7 +242,8 @@ def header(title, desc, dev, reps):
         f"{desc}, device {dev}, 1 thread, minimum of {reps} round-robin repetitions, torch {torch.__version__}. "
         f"Machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
         "(shared with other jobs: absolute times are inflated, ratios from the same run hold better). "
-        f"Inductor cache for the compile cost: {'warm (--warm-cache)' if '--warm-cache' in sys.argv else 'cold (a fresh TORCHINDUCTOR_CACHE_DIR)'}.",
+        f"Inductor cache for the compile cost: {'warm (--warm-cache)' if '--warm-cache' in sys.argv else 'cold (a fresh TORCHINDUCTOR_CACHE_DIR)'}. "
+        f"{ALLOCATOR[0].upper() + ALLOCATOR[1:]} (see fix_malloc_thresholds).",
         "",
     ]
 
