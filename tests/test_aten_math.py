@@ -87,10 +87,10 @@ def test_settings_add_the_pass_on_cpu_only_and_respect_the_users_choices():
 
 
 def test_the_custom_ops_are_atens_kernels():
+    # Guards the registration (each op's kernel is its own function's), nothing more.
     x = torch.randn(7, 5, dtype=torch.float64)
     for name in aten_math.ATEN_FUNCTIONS:
-        arg = x.abs() if name in ("log", "log1p") else x
-        assert torch.equal(getattr(torch.ops.pysciml_grad, f"aten_{name}")(arg), getattr(torch, name)(arg)), name
+        assert torch.equal(getattr(torch.ops.pysciml_grad, f"aten_{name}")(x), getattr(torch, name)(x)), name
 
 
 @pytest.mark.inductor

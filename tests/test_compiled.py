@@ -62,6 +62,28 @@ FUNC = Linear()
 Y0 = torch.tensor([[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], dtype=torch.float64)
 
 
+def compiled_and_eager_gradients(sensealg, t, weight=1.0):
+    """``[(dL/dy0, dL/dA, nfe_backward)]`` for the compiled (dynamo capture) and the eager
+    solve of FUNC from Y0, L = sum(weight * y(t)^2), after the full audits."""
+    past_audits(FUNC)
+    out = []
+    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
+        FUNC.zero_grad()
+        y0 = Y0.clone().requires_grad_(True)
+        ys, st = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=sensealg, options=opt)
+        (ys.square() * weight).sum().backward()
+        out.append((y0.grad.clone(), FUNC.A.grad.clone(), st.nfe_backward))
+    return out
+
+
+def compiled_calls_ran(kind):
+    """The cached compiled entries of ``kind`` for FUNC exist, were called and captured."""
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    entries = [e for k, e in _CACHE[FUNC].items() if k[0] == kind]
+    return bool(entries) and entries[0].calls > 0 and entries[0].broken is None
+
+
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
 def test_same_solution_as_eager_and_scipy(method):
@@ -111,22 +133,12 @@ def test_checkpoint_adjoint_gradient_matches_eager():
     # The forward records the same accepted steps and the compiled replay is the same step
     # map, so the gradient equals the eager one to rounding.
     t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
-    past_audits(FUNC)
-    grads = []
-    for opt in ({"compile": EAGER}, {}):
-        FUNC.zero_grad()
-        y0 = Y0.clone().requires_grad_(True)
-        ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.CheckpointAdjoint(), options=opt)
-        ys.square().sum().backward()
-        grads.append((y0.grad.clone(), FUNC.A.grad.clone()))
-    for g_c, g_e in zip(*grads):
+    compiled, eager = compiled_and_eager_gradients(psg.CheckpointAdjoint(), t)
+    for g_c, g_e in zip(compiled[:2], eager[:2]):
         assert torch.allclose(g_c, g_e, rtol=0, atol=1e-12)
     # The backward replayed each step without a dense save as one compiled call returning
     # its vector-Jacobian product (no autograd graph per step), the first replayed step too.
-    from pysciml_grad.backends.torch.compiled import _CACHE
-
-    vjps = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay_vjp"]
-    assert vjps and vjps[0].calls > 0 and vjps[0].broken is None
+    assert compiled_calls_ran("replay_vjp")
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
@@ -273,21 +285,11 @@ def test_backsolve_backward_runs_on_the_compiled_step_and_matches_eager():
     # its VJPs traced, mixed block norm in the graph): same steps as the eager backward
     # solve (the controller is the same arithmetic), gradients equal to rounding.
     t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
-    past_audits(FUNC)
-    out = []
-    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
-        FUNC.zero_grad()
-        y0 = Y0.clone().requires_grad_(True)
-        ys, st = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.BacksolveAdjoint(), options=opt)
-        ys.square().sum().backward()
-        out.append((y0.grad.clone(), FUNC.A.grad.clone(), st.nfe_backward))
+    out = compiled_and_eager_gradients(psg.BacksolveAdjoint(), t)
     assert out[0][2] == out[1][2]
     for c, e in zip(out[0][:2], out[1][:2]):
         assert torch.allclose(c, e, rtol=1e-12, atol=1e-12)
-    from pysciml_grad.backends.torch.compiled import _CACHE
-
-    back = [e for k, e in _CACHE[FUNC].items() if k[0] == "backsolve"]
-    assert back and back[0].calls > 0 and back[0].broken is None
+    assert compiled_calls_ran("backsolve")
 
 
 def test_stop_points_run_eagerly_with_a_warning():
@@ -309,20 +311,10 @@ def test_checkpoint_adjoint_dense_saves_replay_on_the_compiled_vjp():
     # stages inside the compiled VJP (h W^T G); the gradient equals the eager replay's.
     t = torch.linspace(0.0, 2.0, 41, dtype=torch.float64)
     weight = torch.arange(41.0, dtype=torch.float64)[:, None, None]
-    past_audits(FUNC)
-    grads = []
-    for opt in ({"compile": EAGER}, {}):
-        FUNC.zero_grad()
-        y0 = Y0.clone().requires_grad_(True)
-        ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.CheckpointAdjoint(), options=opt)
-        (ys.square() * weight).sum().backward()
-        grads.append((y0.grad.clone(), FUNC.A.grad.clone()))
-    for g_c, g_e in zip(*grads):
+    compiled, eager = compiled_and_eager_gradients(psg.CheckpointAdjoint(), t, weight)
+    for g_c, g_e in zip(compiled[:2], eager[:2]):
         assert torch.allclose(g_c, g_e, rtol=1e-12, atol=1e-12)
-    from pysciml_grad.backends.torch.compiled import _CACHE
-
-    dense = [e for k, e in _CACHE[FUNC].items() if k[0] == "replay_vjp_dense"]
-    assert dense and dense[0].calls > 0 and dense[0].broken is None
+    assert compiled_calls_ran("replay_vjp_dense")
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
@@ -334,23 +326,13 @@ def test_interpolating_adjoints_backward_on_the_compiled_step_match_eager(sensea
     # eager backward (same nfe), the gradients equal to 1e-10. 4 save times, so the solve
     # restarts at save times too.
     t = torch.linspace(0.0, 2.0, 4, dtype=torch.float64)
-    past_audits(FUNC)
-    out = []
-    for opt in ({"compile": EAGER, "return_stats": True}, {"return_stats": True}):
-        FUNC.zero_grad()
-        y0 = Y0.clone().requires_grad_(True)
-        ys, st = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=sensealg, options=opt)
-        (ys.square() * torch.arange(1.0, 5.0, dtype=torch.float64)[:, None, None]).sum().backward()
-        out.append((y0.grad.clone(), FUNC.A.grad.clone(), st.nfe_backward))
+    out = compiled_and_eager_gradients(sensealg, t, torch.arange(1.0, 5.0, dtype=torch.float64)[:, None, None])
     assert out[0][2] == out[1][2]
     for c, e in zip(out[0][:2], out[1][:2]):
         assert torch.allclose(c, e, rtol=0, atol=1e-10)
-    from pysciml_grad.backends.torch.compiled import _CACHE
-
     kinds = ["interpolating"] if isinstance(sensealg, psg.InterpolatingAdjoint) else ["quadrature", "quadrature_panel"]
     for kind in kinds:  # QuadratureAdjoint: its Gauss-Legendre panels are compiled calls too
-        back = [e for k, e in _CACHE[FUNC].items() if k[0] == kind]
-        assert back and back[0].calls > 0 and back[0].broken is None, kind
+        assert compiled_calls_ran(kind), kind
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
