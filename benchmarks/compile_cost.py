@@ -12,7 +12,9 @@ number to read on a loaded machine: wall time there is mostly waiting for a core
 eager and the compiled solve are timed alternately, 7 times each, minimum reported.
 
 P1: MLP 2->16->2 (tanh), batch 1, t in [0, 10]. P2: ``problems.mlp_problem`` (MLP
-2->64->64->2, batch 512, t in [0, 1]). Settings: inductor as it comes (``True``), inductor
+2->64->64->2, batch 512, t in [0, 1]). Settings: inductor as the solver sets it up (``True``:
+on CPU with inductor's C++ wrapper and ATen's tanh, ``aten_math.py``), the same with
+inductor's Python wrapper (``{"options": {"cpp_wrapper": False}}``), inductor
 without C++ vectorisation (``{"options": {"cpp.vec_isa_ok": False}}``: most of the compile
 is the C++ compiler building the generated kernels, and the vectorised ones are the slow
 ones to build), and dynamo capture alone (``{"backend": "eager"}``: no code generation).
@@ -31,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SETTINGS = {
     "inductor (compile=True)": True,
+    "inductor, Python wrapper": {"options": {"cpp_wrapper": False}},
     "inductor, no C++ vectorisation": {"options": {"cpp.vec_isa_ok": False}},
     "dynamo capture only (backend eager)": {"backend": "eager"},
 }

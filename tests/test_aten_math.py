@@ -8,6 +8,7 @@ the end-to-end compile is opt-in (PSG_INDUCTOR_TESTS=1), as in test_compiled.py.
 """
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import pysciml_grad as psg
 from pysciml_grad.backends.torch import aten_math
 from pysciml_grad.backends.torch.aten_math import ATEN_MATH_PASS, with_aten_math
+from pysciml_grad.backends.torch.discover import FULL_AUDITS
+from pysciml_grad.errors import CompileFallbackWarning
 
 pytestmark = pytest.mark.skipif(ATEN_MATH_PASS is None, reason="needs torch.library.register_fake and CustomGraphPass")
 
@@ -71,13 +74,13 @@ def test_small_tensors_keep_inductors_fused_code():
 def test_settings_add_the_pass_on_cpu_only_and_respect_the_users_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     key = "post_grad_custom_pre_pass"
-    ours = {key: ATEN_MATH_PASS, "size_asserts": False, "alignment_asserts": False}
+    ours = {key: ATEN_MATH_PASS, "cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False}
     assert with_aten_math({}, cpu) == {"options": ours}
     assert with_aten_math({}, cuda) == {}
     assert with_aten_math({"backend": "eager"}, cpu) == {"backend": "eager"}
     assert with_aten_math({"options": {key: None}}, cpu) == {"options": {**ours, key: None}}
-    merged = with_aten_math({"options": {"size_asserts": True, "cpp_wrapper": True}}, cpu)
-    assert merged == {"options": {**ours, "size_asserts": True, "cpp_wrapper": True}}
+    merged = with_aten_math({"options": {"size_asserts": True, "cpp_wrapper": False}}, cpu)
+    assert merged == {"options": {**ours, "size_asserts": True, "cpp_wrapper": False}}
     # torch.compile takes mode or options, not both: a mode is carried as its options.
     from torch._inductor import list_mode_options
 
@@ -116,6 +119,39 @@ def test_a_compiled_solve_calls_atens_tanh_and_matches_eager():
     assert torch.allclose(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(compiled[1], eager[1]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.inductor
+@pytest.mark.skipif(os.environ.get("PSG_INDUCTOR_TESTS") != "1", reason="inductor compile takes 30-90 s; set PSG_INDUCTOR_TESTS=1")
+@pytest.mark.parametrize("sensealg", [psg.DirectAD(), psg.CheckpointAdjoint(), psg.BacksolveAdjoint(),
+                                      psg.InterpolatingAdjoint(), psg.QuadratureAdjoint()], ids=lambda s: type(s).__name__)
+def test_every_sensealg_on_the_cpu_compile_settings_matches_eager_in_float64(sensealg):
+    # The CPU defaults (C++ wrapper, ATen's tanh) on the real inductor backend, forward and
+    # every backward graph: same steps, same gradient as the eager solve to rounding.
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    y0 = torch.randn(256, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+    def func(s, y):
+        return net(y)
+
+    def grads(options):
+        net.zero_grad()
+        ys, stats = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=sensealg,
+                               options={**options, "return_stats": True})
+        ys[1:].square().sum().backward()
+        return ys.detach(), [p.grad.clone() for p in net.parameters()], (stats.nfe, stats.n_steps)
+
+    eager = grads({})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # nothing may fall back to eager
+        for _ in range(FULL_AUDITS + 1):  # the first backward passes audit func eagerly
+            compiled = grads({"compile": True})
+    assert compiled[2] == eager[2]
+    assert torch.allclose(compiled[0], eager[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(compiled[1], eager[1]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_importing_the_package_does_not_import_inductor():

@@ -104,16 +104,18 @@ _PASS_KEY = "post_grad_custom_pre_pass"
 def _cpu_options() -> Dict[str, Any]:
     """inductor options the compiled solver steps take on CPU unless the user set them.
 
-    The pass above; and no size/alignment assertions in the generated Python wrapper (one
-    call per extern kernel output, ~20 per Runge-Kutta step), since the steps' inputs are
-    built by the solver with fixed shapes and dtypes. Measured on P2 over t in [0, 10],
-    fwd+bwd DirectAD, one round-robin run: 1.146x the floor with the assertions, 1.108x
-    without (``size_asserts``, ``alignment_asserts``: torch/_inductor/config.py, torch 2.13.0).
-    inductor's C++ wrapper (``{"cpp_wrapper": True}``) removes the Python wrapper altogether;
-    it is not the default because it did not measure faster end to end: 1.12-1.14x against
-    1.22-1.24x the floor over [0, 1] in one script, 1.32x against 1.22x in the benchmark's
-    round robin (and 8 s more compile on P2)."""
-    return {_PASS_KEY: ATEN_MATH_PASS, "size_asserts": False, "alignment_asserts": False}
+    The pass above; and inductor's C++ wrapper (``cpp_wrapper``, torch/_inductor/config.py,
+    torch 2.13.0): the generated host code that allocates buffers and calls the kernels of
+    one step (~50 allocations and ~45 kernel and extern calls per dopri5 step of P2) runs as
+    compiled C++ instead of Python; our ATen-math op is called through the dispatcher
+    (``aoti_torch_call_dispatcher``). Measured on P2, fwd+bwd, in one round-robin run of the
+    benchmark: DirectAD 1.23x the floor with the C++ wrapper against 1.26x with the Python
+    one over [0, 1], 1.18x against 1.24x over [0, 10]; CheckpointAdjoint 0.58x against 0.72x
+    torchdiffeq over [0, 1]. When the Python wrapper is used (``{"cpp_wrapper": False}``) its
+    size and alignment assertions are off (``size_asserts``, ``alignment_asserts``: one call
+    per extern kernel output; the steps' inputs are built by the solver with fixed shapes and
+    dtypes)."""
+    return {_PASS_KEY: ATEN_MATH_PASS, "cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False}
 
 
 def with_aten_math(settings: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
