@@ -23,6 +23,10 @@ Only the compiled solver steps use it, only on CPU (on CUDA inductor's kernels a
 fast ones), and the user's own inductor options win (:func:`with_aten_math`). The pass has
 a ``uuid``, so inductor's on-disk cache keeps the graphs compiled with it apart from those
 compiled without it.
+
+The other CPU defaults of the compiled steps live here too (:func:`_cpu_options`): the step's
+host code (buffer allocation and the ~45 kernel and extern calls of a dopri5 step) runs from
+inductor's C++ wrapper instead of its Python one.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class SolverOptions:
                    receives that structure (torchdiffeq's ``norm`` option).
     compile        Runge-Kutta methods: True, or a mapping of torch.compile keywords
                    (backend, mode, options), runs the trial step compiled (``compiled.py``).
-                   On CPU inductor calls ATen's tanh, exp, sigmoid, ... (``aten_math.py``).
+                   On CPU inductor calls ATen's tanh and runs each step from its C++
+                   wrapper (``aten_math.py``; options you pass win).
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).
     jump_t         adaptive methods: times where f is discontinuous. Steps end exactly on
