@@ -105,6 +105,7 @@ except (ImportError, AttributeError, RuntimeError):  # older torch: inductor's o
 
 _PASS_KEY = "post_grad_custom_pre_pass"
 
+
 def _cpu_options() -> Dict[str, Any]:
     """inductor options the compiled solver steps take on CPU unless the user set them.
 
@@ -124,7 +125,8 @@ def _cpu_options() -> Dict[str, Any]:
 
 def with_aten_math(settings: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     """torch.compile keywords ``settings`` with the CPU defaults of the compiled steps added:
-    the ATen-math pass and no wrapper assertions (:func:`_cpu_options`).
+    the ATen-math pass, the C++ wrapper, and no assertions should the Python wrapper be chosen
+    (:func:`_cpu_options`).
 
     Unchanged when the device is not a CPU or another backend than inductor was chosen.
     An option the user set wins (``{"options": {"post_grad_custom_pre_pass": None}}``

@@ -284,7 +284,7 @@ def initial_step(
     if torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad):
         return _initial_step_in_graph(rhs, t0, y0, f0, order, scale, direction)
     d0, d1 = torch.stack([rms_norm(y0 / scale), rms_norm(f0 / scale)]).tolist()
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / max(d1, 1e-30)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = rhs(t0 + direction * h0, torch.add(y0, f0, alpha=direction * h0))
     d2 = float(rms_norm((f1 - f0) / scale)) / h0
     if math.isnan(d2):  # func is NaN just after t0: the caller's check says so (min/max would drop it)
