@@ -7,6 +7,7 @@ change. Backend-specific names (methods, options) are validated by the backend.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -183,11 +184,43 @@ def _check_t(t: Any, y0: torch.Tensor) -> torch.Tensor:
         )
     if t.numel() < 2:
         raise InvalidTimeError(f"t needs at least 2 points (start and end), got {t.numel()}")
+    if t.numel() <= HOST_CHECKED_TIMES:
+        _check_times_on_host(t.detach().tolist())
+    else:
+        _check_times_as_tensor(t.detach())
+    return t if t.device == y0.device else t.to(y0.device)
+
+
+#: Save times up to this many are checked as one host list (one read of t) rather than by
+#: a handful of tensor reductions, each a dispatch and a host read (~40 us for 2 times on
+#: CPU; ~5 us read once). Longer t keeps the tensor checks, whose cost does not grow with it.
+HOST_CHECKED_TIMES = 1024
+
+
+def _check_times_on_host(ts: List[float]) -> None:
+    """:func:`_check_t`'s value checks on the times read to the host, same messages. The
+    differences of two floats of t's dtype are exact in double in sign and in being zero."""
+    if not all(map(math.isfinite, ts)):
+        raise InvalidTimeError("t contains NaN or inf; save times must be finite")
+    rising = ts[1] > ts[0]
+    for k in range(len(ts) - 1):
+        if ts[k + 1] == ts[k]:
+            raise InvalidTimeError(
+                f"t is not strictly monotonic: t[{k}] == t[{k + 1}] == {ts[k]:g} (duplicate save time); remove duplicates"
+            )
+    for k in range(len(ts) - 1):
+        if (ts[k + 1] > ts[k]) != rising:
+            raise InvalidTimeError(
+                f"t must be strictly increasing or strictly decreasing, but it changes direction at "
+                f"t[{k}]={ts[k]:g}, t[{k + 1}]={ts[k + 1]:g}; sort it (torch.sort) or split the solve"
+            )
+
+
+def _check_times_as_tensor(t: torch.Tensor) -> None:
+    """:func:`_check_times_on_host` by tensor reductions, for long t."""
     if not bool(torch.isfinite(t).all()):
         raise InvalidTimeError("t contains NaN or inf; save times must be finite")
-    if t.device != y0.device:
-        t = t.to(y0.device)
-    dt = (t[1:] - t[:-1]).detach()
+    dt = t[1:] - t[:-1]
     if bool((dt == 0).any()):
         k = int((dt == 0).nonzero()[0])
         raise InvalidTimeError(
@@ -199,7 +232,6 @@ def _check_t(t: Any, y0: torch.Tensor) -> torch.Tensor:
             f"t must be strictly increasing or strictly decreasing, but it changes direction at "
             f"t[{k}]={float(t[k]):g}, t[{k + 1}]={float(t[k + 1]):g}; sort it (torch.sort) or split the solve"
         )
-    return t
 
 
 def _check_tolerance(name: str, value: Any, y0: torch.Tensor) -> Union[float, torch.Tensor]:

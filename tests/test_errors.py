@@ -41,6 +41,33 @@ def test_bad_t(t, cls, words):
         solve(t=t)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [1.0, 0.5, 0.5, 0.7], [0.0, float("nan")], [0.0, float("inf"), 2.0],
+     [2.0, 1.0, 3.0, 3.0]],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_short_t_is_checked_on_the_host_with_the_messages_of_the_tensor_checks(values, dtype):
+    from pysciml_grad import problem
+
+    t = torch.tensor(values, dtype=dtype)
+    with pytest.raises(errors.InvalidTimeError) as on_host:
+        problem._check_times_on_host(t.tolist())
+    with pytest.raises(errors.InvalidTimeError) as as_tensor:
+        problem._check_times_as_tensor(t)
+    assert str(on_host.value) == str(as_tensor.value)
+
+
+@pytest.mark.parametrize("at, words", [(700, "duplicate"), (900, "changes direction")])
+def test_long_t_is_checked_by_tensor_reductions(at, words):
+    from pysciml_grad.problem import HOST_CHECKED_TIMES
+
+    t = torch.linspace(0.0, 1.0, HOST_CHECKED_TIMES + 1, dtype=F64)
+    t[at] = t[at - 1] if words == "duplicate" else t[at - 2]
+    with pytest.raises(errors.InvalidTimeError, match=rf"{words}.*t\[{at - 1}\]|t\[{at - 1}\].*{words}"):
+        solve(t=t)
+
+
 def test_bad_t_is_also_a_value_error():
     with pytest.raises(ValueError):
         solve(t=torch.tensor([1.0, 0.0, 1.0], dtype=F64))
