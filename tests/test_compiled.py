@@ -424,3 +424,83 @@ def test_dense_table_lookup_equals_the_eager_trajectory():
                 err = max(float((traj(float(x)).reshape(-1) - dense_table.lookup(x, *table.tensors())).abs().max())
                           for x in times)
             assert len(traj.times) > 5 and err < 1e-14, (name, d, err)
+
+
+#: A counter outside any module: dynamo reads ``EVALUATIONS[0]`` as a constant of the graph
+#: and guards on it, so every call of a compiled step fails its guards and recompiles.
+EVALUATIONS = [0]
+
+
+class CountsInAGlobal(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.A = torch.nn.Parameter(A.clone())
+
+    def forward(self, t, y):
+        EVALUATIONS[0] += 1
+        return y @ self.A.T + 0.1 * torch.sin(t)
+
+
+@pytest.mark.parametrize("sensealg, method", [(psg.DirectAD(), {}), (psg.CheckpointAdjoint(), {}),
+                                              (psg.InterpolatingAdjoint(), {}),
+                                              (psg.CheckpointAdjoint(), {"method": "rk4", "step_size": 0.04})],
+                         ids=["DirectAD", "CheckpointAdjoint", "InterpolatingAdjoint", "CheckpointAdjoint-rk4"])
+def test_a_func_whose_python_state_changes_every_call_falls_back_to_eager_mid_solve(sensealg, method):
+    # Each call recompiles; the ninth hits dynamo's recompile_limit mid-solve. That raised
+    # FailOnRecompileLimitHit (a torch exception) out of odeint; now the solve goes on eagerly
+    # from that step, recording nothing twice.
+    from torch._dynamo.utils import counters
+
+    func = past_audits(CountsInAGlobal())
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)  # the ninth call comes after some saves
+    results = []
+    graphs = counters["stats"]["unique_graphs"]
+    for opt in ({"compile": EAGER}, {}):
+        for _ in range(3):  # 3 solves: far more step calls than the recompile limit (8)
+            func.zero_grad()
+            y0 = Y0.clone().requires_grad_(True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", CompileFallbackWarning)
+                before = EVALUATIONS[0]
+                step = {"step_size": method["step_size"]} if method else {}
+                ys = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=sensealg, method=method.get("method", "dopri5"),
+                                options={**opt, **step})
+                ys.square().sum().backward()
+            messages = [str(w.message) for w in caught if issubclass(w.category, CompileFallbackWarning)]
+            results.append((ys.detach(), y0.grad.clone(), func.A.grad.clone(), messages, EVALUATIONS[0] - before))
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    # Each compiled function of func (the step; CheckpointAdjoint's replays) compiles at most
+    # recompile_limit times, then the solve goes on eagerly.
+    entries = list(_CACHE[func].values())
+    assert counters["stats"]["unique_graphs"] - graphs <= torch._dynamo.config.recompile_limit * len(entries)
+    assert entries[0].broken is not None
+    compiled, eager = results[:3], results[3:]
+    assert any("changes between calls" in m for m in compiled[0][3])
+    for c, e in zip(compiled, eager):
+        assert not e[3]
+        for x, y in zip(c[:3], e[:3]):  # the solve goes on eagerly; the steps after the hand-over may differ
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_a_counter_on_a_module_attribute_counts_the_compiled_evaluations_and_stops_recompiling():
+    from torch._dynamo.utils import counters
+
+    class CountsOnItself(Linear):
+        nfe = 0
+
+        def forward(self, t, y):
+            self.nfe += 1
+            return super().forward(t, y)
+
+    func = CountsOnItself()
+    t = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    with torch.no_grad():
+        psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options={"compile": EAGER})  # compiles
+        graphs = counters["stats"]["unique_graphs"]
+        for _ in range(3):
+            func.nfe = 0
+            _, stats = psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options={"compile": EAGER, "return_stats": True})
+            assert func.nfe == stats.nfe > 20
+    assert counters["stats"]["unique_graphs"] == graphs

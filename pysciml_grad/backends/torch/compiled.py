@@ -63,7 +63,7 @@ from .tableaus import ButcherTableau
 Scalar = Union[float, torch.Tensor]
 
 #: torch.compile keywords a user may set through ``options={"compile": {...}}``.
-#: ``fullgraph`` and ``dynamic`` are fixed (True, False): the step is one graph of static shapes.
+#: ``fullgraph`` and ``dynamic`` are fixed (True, None): the step is one graph, static at first (:func:`_compile`).
 COMPILE_KEYWORDS = ("backend", "mode", "options")
 
 
@@ -165,11 +165,23 @@ def _fresh_code(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+def _compile(fn: Callable, settings: Dict[str, Any]) -> "CompiledStep":
+    """``fn`` (a fresh code object, :func:`_fresh_code`) under ``torch.compile``: one graph
+    (``fullgraph=True``), static shapes at first (``dynamic=None``: dynamo's default,
+    automatic dynamic, which marks a size or int dynamic only after a recompile caused by
+    its value; our cache keys hold the shapes, so in practice that is a counter on a module
+    attribute, see :func:`_call`). With ``dynamic=False`` every int is a constant, and
+    ``self.nfe += 1`` in func recompiled on every call."""
+    return CompiledStep(torch.compile(fn, fullgraph=True, dynamic=None, **settings))
+
+
 @dataclass
 class CompiledStep:
     fn: Callable
     broken: Optional[str] = None  # why capture failed (then the eager loop is used)
     calls: int = 0
+    recompiles: int = 0  # calls after the first that compiled a new graph
+    unspec_ints: bool = False  # call with allow_unspec_int_on_nn_module (see UNSPEC_INTS_AFTER)
 
 
 #: owner object (func, or a bound method's __self__) -> {key: CompiledStep}. Weak, so a
@@ -192,19 +204,73 @@ def _cache_slot(func: Callable) -> Tuple[Dict[Tuple, CompiledStep], Any, Tuple]:
 
 def _call(entry: CompiledStep, *args, warn: bool = True):
     """``entry.fn(*args)``, or ``None`` (``entry`` marked broken, with a
-    CompileFallbackWarning unless ``warn`` is False) when the first calls fail to capture
-    func in one graph."""
+    CompileFallbackWarning unless ``warn`` is False) when dynamo cannot capture func in one
+    graph: on the first call, or on a later one that recompiles (new guards) and fails,
+    among them the recompile that exceeds dynamo's ``recompile_limit``. That one is how a
+    func whose Python state changes every call shows itself: a counter in a global or a
+    closure (``calls[0] += 1``) is a constant of the traced graph, guarded by value, so each
+    call fails its guards and compiles again (torch/_dynamo/config.py: ``recompile_limit``
+    8; with ``fullgraph=True`` the ninth raises ``FailOnRecompileLimitHit``). Errors func
+    raises itself on later calls propagate."""
+    stats = _dynamo_stats()
+    graphs = stats["unique_graphs"]
+    cfg = torch._dynamo.config
+    if entry.unspec_ints:
+        unspec_before = cfg.allow_unspec_int_on_nn_module
+        cfg.allow_unspec_int_on_nn_module = True
     try:
         out = entry.fn(*args)
     except Exception as exc:  # capture failed: func is not traceable in one graph
-        if entry.calls and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+        limit = _recompile_limit_hit(exc)
+        if entry.calls and not limit and not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
             raise
-        entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if limit:
+            entry.broken = (f"each call recompiled until dynamo's recompile_limit "
+                            f"({torch._dynamo.config.recompile_limit}) was hit: func reads Python state that "
+                            "changes between calls (a counter in a global or a closure, calls[0] += 1, becomes a "
+                            "constant of the graph; count on a module attribute, self.nfe += 1, which dynamo "
+                            "tracks, or outside func)")
+        else:
+            entry.broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if warn:
             _warn_fallback(entry.broken, stacklevel=5)
         return None
+    finally:
+        if entry.unspec_ints:
+            cfg.allow_unspec_int_on_nn_module = unspec_before
+    if entry.calls and stats["unique_graphs"] != graphs:
+        entry.recompiles += 1
+        # Recompiled twice: the next time, let dynamo make an int attribute of a module
+        # that changed between the compiles (self.nfe += 1) an input instead of a constant.
+        entry.unspec_ints = entry.recompiles >= UNSPEC_INTS_AFTER
     entry.calls += 1
     return out
+
+
+#: Recompiles of one compiled function after which its later calls run with dynamo's
+#: ``allow_unspec_int_on_nn_module`` (torch/_dynamo/config.py; off by default: "dynamo
+#: will always specialize on int members of NN module ... e.g., when tracking step count
+#: leading to constant recompilation"). One recompile is expected (the first trial step's
+#: y0 may not require grad, the next ones' y does); a counter on a module attribute
+#: recompiles on every call. Setting the switch costs ~5.6 us a call, so it is set only
+#: for functions that have shown the symptom.
+UNSPEC_INTS_AFTER = 2
+
+
+def _dynamo_stats():
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]
+
+
+def _recompile_limit_hit(exc: BaseException) -> bool:
+    """``exc`` (or an exception it was raised from) is dynamo's recompile-limit failure."""
+    hard = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", None)
+    while exc is not None:
+        if (hard is not None and isinstance(exc, hard)) or "recompile limit" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -233,7 +299,7 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
         fn = _fresh_code(make_step(tab, func, ctl, opts.max_step))
-        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        entry = table[key] = _compile(fn, settings)
     return entry
 
 
@@ -274,7 +340,7 @@ def maybe_integrate(rhs: CountingRHS, tab: Optional[ButcherTableau], t_save: Seq
         ys = integrate_compiled(rhs, tab, t_save, y0, f0, rtol, atol, opts, counters, record)
     else:
         ys = integrate_fixed_compiled(rhs, tab, t_save, y0, f0, opts, counters, record)
-    if ys is None:  # nothing recorded yet: capture fails on the first trial step
+    if ys is None:  # the step was known not to capture: nothing was done
         rhs.nfe = nfe
         counters.n_steps = counters.n_rejected = 0
     return ys
@@ -293,15 +359,19 @@ def integrate_compiled(
     record: Record = None,
     entry: Optional[CompiledStep] = None,
     extra: Tuple = (),
+    ratio: Optional[Callable] = None,
 ) -> Optional[List[torch.Tensor]]:
     """The adaptive loop of ``integrate.integrate_adaptive`` on the compiled step.
 
     Returns the states at ``t_save``, or None after a :class:`CompileFallbackWarning`
-    when ``func`` cannot be captured in one graph (the caller then runs the eager loop).
-    Same checks as the eager loop: max_num_steps, min_step, non-finite states and
-    error estimates (a non-finite trial step is shrunk by dfactor and retried).
-    ``entry``: a compiled step other than ``rhs.func``'s own (the adjoint solves'),
-    called with ``extra`` as its last argument.
+    when the step is known not to capture (the caller then runs the eager loop). When a
+    call fails to capture (the first, or a recompile on a later one) the solve goes on from
+    where it stands in the eager loop (:func:`_resume_eagerly`): what was recorded stays
+    valid, and nothing is recorded twice. Same checks as the eager loop: max_num_steps,
+    min_step, non-finite states and error estimates (a non-finite trial step is shrunk by
+    dfactor and retried). ``entry``: a compiled step other than ``rhs.func``'s own (the
+    adjoint solves'), called with ``extra`` as its last argument; ``ratio``: the error
+    ratio its graph computes, for the eager loop should it take over.
     """
     ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
@@ -348,7 +418,12 @@ def integrate_compiled(
             )
         out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev, *((extra,) if extra else ()))
         if out is None:
-            return None
+            from .integrate import integrate_adaptive
+
+            rest = integrate_adaptive(rhs, tab, [t_f] + ts[i:], y, k0, rtol, atol,
+                                      _resumed(opts, float(h), trials - 1), False, counters,
+                                      _shifted(record, i - 1), ratio_fn=ratio)
+            return ys[:i] + rest[1:]
         y_next, ks, info, h_new, prev_new, t_next = out
         rhs.nfe += stages
         accepted_f, ratio_f, t_next_f, h_used = info.tolist()  # the one host sync per trial step
@@ -448,10 +523,10 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
         fn = _fresh_code(make_step(tab, make_aug(), ctl, opts.max_step, ratio, f64_times))
-        entry = cache[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        entry = cache[key] = _compile(fn, settings)
     with _tracing_autograd():
         return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
-                                  entry=entry, extra=tuple(table) + tuple(ps))
+                                  entry=entry, extra=tuple(table) + tuple(ps), ratio=ratio)
 
 
 def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0: torch.Tensor, f0: torch.Tensor,
@@ -556,8 +631,36 @@ def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTable
     entry = cache.get(key)
     if entry is None:
         fn = _fresh_code(make_quadrature_panel(func, tuple(shape), adj_tab, nodes, weights))
-        entry = cache[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        entry = cache[key] = _compile(fn, settings)
     return CompiledPanel(entry, adj_tab.dense is None, table)
+
+
+def _resumed(opts: SolverOptions, h: Optional[float], steps_done: int) -> SolverOptions:
+    """``opts`` for the eager loop that takes a solve over at a step of size ``h`` (the
+    trial step it would have tried next; None for fixed steps), after ``steps_done`` steps
+    counted against max_num_steps. The PI controller's memory of the last error ratio
+    starts afresh, so the steps after the hand-over may differ from an uninterrupted
+    solve's (each is still accepted by the same error test)."""
+    from dataclasses import replace
+
+    changes: Dict[str, Any] = {"max_num_steps": max(opts.max_num_steps - steps_done, 1)}
+    if h is not None:
+        changes["first_step"] = abs(h)
+    return replace(opts, **changes)
+
+
+def _shifted(record: Record, offset: int) -> Record:
+    """``record`` for a loop that took over with the save times from index ``offset + 1``
+    on: its save indices (into its own list, whose entry 0 is the hand-over point) are
+    moved back to the solve's."""
+    if record is None or offset == 0:
+        return record
+    from dataclasses import replace
+
+    def shifted(step: AcceptedStep) -> None:
+        record(replace(step, saves=[(k + offset, theta) for k, theta in step.saves]))
+
+    return shifted
 
 
 def _warn_fallback(reason: str, stacklevel: int = 4) -> None:
@@ -685,19 +788,19 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_replay(tab, func))
-        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        entry = table[key] = _compile(fn, settings)
     vkey = prefix + ("replay_vjp",) + rest
     vjp_entry = table.get(vkey)
     if vjp_entry is None:
         fn = _fresh_code(make_replay_vjp(tab, func))
-        vjp_entry = table[vkey] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        vjp_entry = table[vkey] = _compile(fn, settings)
     dense_entry = None
     if full_tab is not None and full_tab.dense is not None:
         dkey = prefix + ("replay_vjp_dense", full_tab) + rest[1:]
         dense_entry = table.get(dkey)
         if dense_entry is None:
             fn = _fresh_code(make_replay_vjp(full_tab, func, len(full_tab.dense)))
-            dense_entry = table[dkey] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+            dense_entry = table[dkey] = _compile(fn, settings)
     return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry, dense_entry,
                           full_tab if dense_entry is not None else None)
 
@@ -760,7 +863,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_fixed_step(tab, rhs.func))
-        entry = table[key] = CompiledStep(torch.compile(fn, fullgraph=True, dynamic=False, **settings))
+        entry = table[key] = _compile(fn, settings)
     if entry.broken is not None:
         _warn_fallback(entry.broken)
         return None
@@ -773,8 +876,12 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were copied
         out = _call(entry, times[j], steps[j], times[j + 1], y, k0)
-        if out is None:
-            return None
+        if out is None:  # go on eagerly from grid point j (see integrate_compiled)
+            from .integrate import integrate_fixed
+
+            rest = integrate_fixed(rhs, tab, [grid_f[j]] + ts[i:], y, k0, _resumed(opts, None, j), counters,
+                                   _shifted(record, i - 1))
+            return ys[:i] + rest[1:]
         if graphed:
             # A CUDA graph replays into the same output buffers: keep copies of what
             # outlives this step (the next call's inputs, and the record's stages).

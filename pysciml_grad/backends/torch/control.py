@@ -152,7 +152,7 @@ def _compile(name: str, value: Any) -> Any:
             return dict(value)
         raise InvalidProblemError(
             f"{name} takes torch.compile keywords {list(COMPILE_KEYWORDS)}, got {bad} "
-            "(fullgraph=True and dynamic=False are fixed: the step is one graph of static shapes)"
+            "(fullgraph=True and dynamic=None are fixed: the step is one graph, of static shapes at first)"
         )
     raise InvalidProblemError(f"{name} must be True/False or a mapping of torch.compile keywords, got {type(value).__name__}")
 
