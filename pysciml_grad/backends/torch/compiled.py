@@ -214,8 +214,9 @@ def _call(entry: CompiledStep, *args, warn: bool = True):
     raises itself on later calls propagate."""
     stats = _dynamo_stats()
     graphs = stats["unique_graphs"]
-    cfg = torch._dynamo.config
-    if entry.unspec_ints:
+    unspec = entry.unspec_ints
+    if unspec:
+        cfg = torch._dynamo.config
         unspec_before = cfg.allow_unspec_int_on_nn_module
         cfg.allow_unspec_int_on_nn_module = True
     try:
@@ -236,7 +237,7 @@ def _call(entry: CompiledStep, *args, warn: bool = True):
             _warn_fallback(entry.broken, stacklevel=5)
         return None
     finally:
-        if entry.unspec_ints:
+        if unspec:
             cfg.allow_unspec_int_on_nn_module = unspec_before
     if entry.calls and stats["unique_graphs"] != graphs:
         entry.recompiles += 1
@@ -257,10 +258,17 @@ def _call(entry: CompiledStep, *args, warn: bool = True):
 UNSPEC_INTS_AFTER = 2
 
 
-def _dynamo_stats():
-    from torch._dynamo.utils import counters
+_COUNTERS: List[Any] = []  # dynamo's counters (torch._dynamo.utils.counters), imported once
 
-    return counters["stats"]
+
+def _dynamo_stats():
+    """dynamo's "stats" counters (``unique_graphs`` counts compiled graphs); looked up on
+    every call, since ``counters.clear()`` replaces the inner Counter."""
+    if not _COUNTERS:
+        from torch._dynamo.utils import counters
+
+        _COUNTERS.append(counters)
+    return _COUNTERS[0]["stats"]
 
 
 def _recompile_limit_hit(exc: BaseException) -> bool:
