@@ -374,8 +374,8 @@ def integrate_compiled(
     Returns the states at ``t_save``, or None after a :class:`CompileFallbackWarning`
     when the step is known not to capture (the caller then runs the eager loop). When a
     call fails to capture (the first, or a recompile on a later one) the solve goes on from
-    where it stands in the eager loop (:func:`_resume_eagerly`): what was recorded stays
-    valid, and nothing is recorded twice. Same checks as the eager loop: max_num_steps,
+    where it stands in the eager loop (:func:`_resumed`, :func:`_shifted`): what was
+    recorded stays valid, and nothing is recorded twice. Same checks as the eager loop: max_num_steps,
     min_step, non-finite states and error estimates (a non-finite trial step is shrunk by
     dfactor and retried). ``entry``: a compiled step other than ``rhs.func``'s own (the
     adjoint solves'), called with ``extra`` as its last argument; ``ratio``: the error
