@@ -201,37 +201,44 @@ def _check_times_on_host(ts: List[float]) -> None:
     """:func:`_check_t`'s value checks on the times read to the host, same messages. The
     differences of two floats of t's dtype are exact in double in sign and in being zero."""
     if not all(map(math.isfinite, ts)):
-        raise InvalidTimeError("t contains NaN or inf; save times must be finite")
+        raise _nonfinite_time()
     rising = ts[1] > ts[0]
     for k in range(len(ts) - 1):
         if ts[k + 1] == ts[k]:
-            raise InvalidTimeError(
-                f"t is not strictly monotonic: t[{k}] == t[{k + 1}] == {ts[k]:g} (duplicate save time); remove duplicates"
-            )
+            raise _duplicate_time(k, ts[k])
     for k in range(len(ts) - 1):
         if (ts[k + 1] > ts[k]) != rising:
-            raise InvalidTimeError(
-                f"t must be strictly increasing or strictly decreasing, but it changes direction at "
-                f"t[{k}]={ts[k]:g}, t[{k + 1}]={ts[k + 1]:g}; sort it (torch.sort) or split the solve"
-            )
+            raise _direction_change(k, ts[k], ts[k + 1])
+
+
+def _nonfinite_time() -> InvalidTimeError:
+    return InvalidTimeError("t contains NaN or inf; save times must be finite")
+
+
+def _duplicate_time(k: int, value: float) -> InvalidTimeError:
+    return InvalidTimeError(
+        f"t is not strictly monotonic: t[{k}] == t[{k + 1}] == {value:g} (duplicate save time); remove duplicates"
+    )
+
+
+def _direction_change(k: int, before: float, after: float) -> InvalidTimeError:
+    return InvalidTimeError(
+        f"t must be strictly increasing or strictly decreasing, but it changes direction at "
+        f"t[{k}]={before:g}, t[{k + 1}]={after:g}; sort it (torch.sort) or split the solve"
+    )
 
 
 def _check_times_as_tensor(t: torch.Tensor) -> None:
     """:func:`_check_times_on_host` by tensor reductions, for long t."""
     if not bool(torch.isfinite(t).all()):
-        raise InvalidTimeError("t contains NaN or inf; save times must be finite")
+        raise _nonfinite_time()
     dt = t[1:] - t[:-1]
     if bool((dt == 0).any()):
         k = int((dt == 0).nonzero()[0])
-        raise InvalidTimeError(
-            f"t is not strictly monotonic: t[{k}] == t[{k + 1}] == {float(t[k]):g} (duplicate save time); remove duplicates"
-        )
+        raise _duplicate_time(k, float(t[k]))
     if not (bool((dt > 0).all()) or bool((dt < 0).all())):
         k = int(((dt > 0) != (dt[0] > 0)).nonzero()[0])
-        raise InvalidTimeError(
-            f"t must be strictly increasing or strictly decreasing, but it changes direction at "
-            f"t[{k}]={float(t[k]):g}, t[{k + 1}]={float(t[k + 1]):g}; sort it (torch.sort) or split the solve"
-        )
+        raise _direction_change(k, float(t[k]), float(t[k + 1]))
 
 
 def _check_tolerance(name: str, value: Any, y0: torch.Tensor) -> Union[float, torch.Tensor]:

@@ -38,7 +38,7 @@ import math
 import types
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -57,6 +57,9 @@ from .integrate import (
     _serve,
     _underflow,
     as_float,
+    fixed_grid,
+    integrate_adaptive,
+    integrate_fixed,
 )
 from .tableaus import ButcherTableau
 
@@ -426,8 +429,6 @@ def integrate_compiled(
             )
         out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev, *((extra,) if extra else ()))
         if out is None:
-            from .integrate import integrate_adaptive
-
             rest = integrate_adaptive(rhs, tab, [t_f] + ts[i:], y, k0, rtol, atol,
                                       _resumed(opts, float(h), trials - 1), False, counters,
                                       _shifted(record, i - 1), ratio_fn=ratio)
@@ -649,8 +650,6 @@ def _resumed(opts: SolverOptions, h: Optional[float], steps_done: int) -> Solver
     counted against max_num_steps. The PI controller's memory of the last error ratio
     starts afresh, so the steps after the hand-over may differ from an uninterrupted
     solve's (each is still accepted by the same error test)."""
-    from dataclasses import replace
-
     changes: Dict[str, Any] = {"max_num_steps": max(opts.max_num_steps - steps_done, 1)}
     if h is not None:
         changes["first_step"] = abs(h)
@@ -663,8 +662,6 @@ def _shifted(record: Record, offset: int) -> Record:
     moved back to the solve's."""
     if record is None or offset == 0:
         return record
-    from dataclasses import replace
-
     def shifted(step: AcceptedStep) -> None:
         record(replace(step, saves=[(k + offset, theta) for k, theta in step.saves]))
 
@@ -850,8 +847,6 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     """``integrate.integrate_fixed`` for a Runge-Kutta table on the compiled step: the grid
     (the save times, or equal steps of ``step_size``) is one float64 device tensor, and
     save times inside a step come from the same cubic Hermite interpolant, eagerly."""
-    from .integrate import fixed_grid
-
     ts = [as_float(x) for x in t_save]
     n = fixed_grid(ts, opts.step_size)
     if n is None:
@@ -885,8 +880,6 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were copied
         out = _call(entry, times[j], steps[j], times[j + 1], y, k0)
         if out is None:  # go on eagerly from grid point j (see integrate_compiled)
-            from .integrate import integrate_fixed
-
             rest = integrate_fixed(rhs, tab, [grid_f[j]] + ts[i:], y, k0, _resumed(opts, None, j), counters,
                                    _shifted(record, i - 1))
             return ys[:i] + rest[1:]
