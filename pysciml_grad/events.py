@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional
 import torch
 
 from .errors import InvalidProblemError, InvalidTimeError, NonFiniteGradientError, RHSOutputError
+from .finite import all_finite
 from .problem import make_problem
 from .pytree import StructuredFunc, is_structured, structure_of
 from .sensealg import SensitivityAlgorithm
@@ -71,7 +72,7 @@ class _Combined:
                     f"event_fn(t, y) must return a real floating tensor (one value or one per event), got "
                     f"{type(c).__name__ if not isinstance(c, torch.Tensor) else c.dtype}"
                 )
-            if c.numel() == 0 or not bool(torch.isfinite(c).all()):
+            if c.numel() == 0 or not all_finite(c):
                 raise RHSOutputError("event_fn(t0, y0) is empty or NaN/inf; it must return finite values")
         return c.reshape(-1).to(self.dtype)
 

@@ -16,6 +16,7 @@ import torch
 
 from . import validate
 
+from .finite import all_finite
 from .errors import (
     DeviceMismatchError,
     DTypeMismatchError,
@@ -165,7 +166,7 @@ def _check_y0(y0: Any) -> torch.Tensor:
         )
     if y0.numel() == 0:
         raise InvalidStateError("y0 is empty; it needs at least one element")
-    if not bool(torch.isfinite(y0).all()):
+    if not all_finite(y0):
         bad = (~torch.isfinite(y0)).nonzero()[0].tolist()
         raise InvalidStateError(f"y0 contains NaN or inf (first at index {tuple(bad)}); fix the initial state")
     return y0
@@ -361,5 +362,5 @@ def check_rhs_meta(out: Any, y: torch.Tensor, t: Any) -> None:
 def check_rhs_output(out: Any, y0: torch.Tensor, t0: float) -> None:
     """Check the first ``func(t0, y0)``: a tensor with y0's shape, dtype and device, finite."""
     check_rhs_meta(out, y0, t0)
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         raise NonFiniteStateError(f"func(t, y0) is NaN/inf at the initial time t={t0:g}: check func and its parameters")

@@ -26,6 +26,7 @@ from ...errors import (
     StepSizeUnderflowError,
 )
 from ...problem import check_rhs_meta
+from ...finite import all_finite
 from . import callbacks as _callbacks
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step, times_of
@@ -105,7 +106,7 @@ def as_float(x: Scalar) -> float:
 
 
 def _check_finite(y: torch.Tensor, t_reached: float, what: str) -> None:
-    if not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise NonFiniteStateError(
             f"{what} became NaN/inf at t={t_reached:.6g}. The solution blows up or func "
             "produces NaN there: check func and its parameters, shorten the interval, or "

@@ -47,6 +47,7 @@ import torch
 
 from ....errors import InvalidProblemError, UnsupportedSensitivityError
 from ....problem import ODEProblem, SolveStats
+from ....finite import all_finite
 from ..forward import forward_solve, parse, save_times
 from ..integrate import AcceptedStep, CountingRHS
 from ..rosenbrock import RosenbrockTableau
@@ -247,7 +248,7 @@ class CheckpointStrategy:
                     rhs.nfe += fast.n_stages
                     progress.reached(self.steps[n].t)  # replayed back to the start of step n
                     if (count + 1) % check_every == 0 or n == 0:
-                        if not bool(torch.isfinite(adj[-1]).all()):
+                        if not all_finite(adj[-1]):
                             raise nonfinite_adjoint(NAME, f"at t={self.steps[n].t:.6g} (replaying accepted step {n} of {N})")
                     continue
             with torch.enable_grad():  # the step times carry a graph to t when dL/dt is wanted
@@ -288,11 +289,11 @@ class CheckpointStrategy:
                 g_t = g_t + grads[-1]
             progress.reached(self.steps[n].t)  # replayed back to the start of step n
             if (count + 1) % check_every == 0 or n == 0:
-                if not bool(torch.isfinite(adj[-1]).all()):
+                if not all_finite(adj[-1]):
                     raise nonfinite_adjoint(NAME, f"at t={self.steps[n].t:.6g} (replaying accepted step {n} of {N})")
         g_y0 = adj[-1] + grad_ys[0]
         for g in g_ps + ([g_t] if g_t is not None else []):
-            if not bool(torch.isfinite(g).all()):
+            if not all_finite(g):
                 raise nonfinite_adjoint(NAME, "in a parameter or time gradient")
         self.stats.extra["checkpoint_recomputed_steps"] = self.stats.extra.get("checkpoint_recomputed_steps", 0) + counter.recomputed
         self.stats.extra["checkpoint_peak_states"] = max(self.stats.extra.get("checkpoint_peak_states", 0), counter.peak_held)

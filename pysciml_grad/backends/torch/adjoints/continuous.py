@@ -34,6 +34,7 @@ import torch
 
 from ....errors import InvalidProblemError, MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
 from ....problem import ODEProblem, check_rhs_meta
+from ....finite import all_finite
 from ..control import SolverOptions
 from ..forward import Method, lookup_method
 from ..adams import integrate_adams
@@ -259,7 +260,7 @@ class BackwardSolver:
 
         try:
             f0 = rhs(t_from, s0)
-            if not bool(torch.isfinite(f0).all()):
+            if not all_finite(f0):
                 raise nonfinite_adjoint(self.name, f"at t={t_from:.6g} (start of a backward interval)")
             ys = None
             if self._compiled(rhs) and rhs.trajectory is None:
@@ -291,7 +292,7 @@ class BackwardSolver:
                 f"t={reached[0]:.6g}. {self.hint}The solver said: {err}"
             ) from err
         out = ys[-1]
-        if not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             raise nonfinite_adjoint(self.name, f"between t={t_from:.6g} and t={t_to:.6g}")
         return out
 

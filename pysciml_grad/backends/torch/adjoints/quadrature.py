@@ -26,6 +26,7 @@ from typing import List, Optional
 
 import torch
 
+from ....finite import all_finite
 from ....problem import ODEProblem, SolveStats
 from ..integrate import AcceptedStep
 from .common import nonfinite_adjoint, run, scatter, time_tensor, vjp
@@ -99,7 +100,7 @@ class QuadratureStrategy(InterpolatingStrategy):
                 fsal = adj_tab is not None and adj_tab.fsal
                 panel(last, a_end, (lambda: last.ks[-1]) if fsal else (lambda: rhs(self.ts[i - 1], a_end)))
             a = a_end + grad_ys[i - 1].reshape(-1)
-        if not all(bool(torch.isfinite(g).all()) for g in g_ps):
+        if not all(all_finite(g) for g in g_ps):
             raise nonfinite_adjoint(self.name, "in the parameter quadrature")
         self.stats.nfe_backward += rhs.nfe + quad_nfe[0] + traj.rhs.nfe - nfe0
         self.stats.extra["quadrature_nodes_per_step"] = len(nodes)
