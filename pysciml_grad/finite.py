@@ -1,11 +1,11 @@
 """One host read that says whether a tensor holds only finite numbers.
 
 ``bool(torch.isfinite(x).all())`` runs isfinite's composite kernels, allocates a boolean
-tensor of x's size and reduces it: 13 us for a 512 x 2 float32 state on one CPU thread,
-4.1 ms for 10^6 elements. ``torch.aminmax`` is one fused reduction whose min and max are
-NaN when any element is NaN (NaN propagates through both) and +-inf when any element is
-+-inf, so "min and max are finite" is "every element is finite": 5.7 us and 0.32 ms on
-the same tensors (measured in one process, torch 2.13.0 CPU). The checks before a solve,
+tensor of x's size and reduces it. ``torch.aminmax`` is one fused reduction whose min and
+max are NaN when any element is NaN (NaN propagates through both) and +-inf when any
+element is +-inf, so "min and max are finite" is "every element is finite". For a 512 x 2
+float32 state 9.5 us against 16 us, for 10^6 elements 0.32 ms against 4.1 ms (one CPU
+thread, torch 2.13.0, round-robin in one process, minimum). The checks before a solve,
 after every fixed step and in the adjoints' backward passes all go through here.
 """
 

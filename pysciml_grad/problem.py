@@ -16,7 +16,6 @@ import torch
 
 from . import validate
 
-from .finite import all_finite
 from .errors import (
     DeviceMismatchError,
     DTypeMismatchError,
@@ -27,6 +26,7 @@ from .errors import (
     RHSOutputError,
     UnsupportedSensitivityError,
 )
+from .finite import all_finite
 from .sensealg import SensitivityAlgorithm
 
 
