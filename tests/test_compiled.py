@@ -11,6 +11,7 @@ solution, the eager loop of the same method (same accepted steps, same states to
 rounding, float64), dynamo's own recompile counters.
 """
 
+import math
 import os
 import warnings
 
@@ -20,6 +21,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import pysciml_grad as psg
+from pysciml_grad.backends.torch.tableaus import ButcherTableau
 from pysciml_grad.errors import CompileFallbackWarning, InvalidProblemError, UnknownOptionError
 
 EAGER = {"backend": "eager"}
@@ -139,6 +141,54 @@ def test_checkpoint_adjoint_gradient_matches_eager():
     # The backward replayed each step without a dense save as one compiled call returning
     # its vector-Jacobian product (no autograd graph per step), the first replayed step too.
     assert compiled_calls_ran("replay_vjp")
+
+
+def test_step_graph_saves_h_not_one_scalar_per_coefficient_for_backward():
+    # Each stage combination is y + h (sum_j a_ij k_j) (compiled._combine): the backward needs
+    # h once. With sum_j (h a_ij) k_j it kept one 0-d product h a_ij per nonzero coefficient
+    # (20 of the 34 tensors dopri5's step saved here), and each saved tensor costs host time
+    # on every call. backend="aot_eager": AOT autograd's partition, no inductor codegen.
+    from pysciml_grad.backends.torch.compiled import initial_ctrl, make_step
+    from pysciml_grad.backends.torch.control import PIController, SolverOptions
+    from pysciml_grad.backends.torch.stepping import rk_step
+    from pysciml_grad.backends.torch.tableaus import TABLEAUS
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    tab = TABLEAUS["dopri5"]
+    step = make_step(tab, lambda t, y: net(y), PIController.for_method(tab.error_order, SolverOptions()), math.inf)
+    y = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    k0 = net(y)
+    tol = torch.tensor(1e-6, dtype=torch.float64)
+    y_next, ks, ctrl = torch.compile(step, fullgraph=True, backend="aot_eager")(
+        initial_ctrl(0.0, 0.1, 1.0, y.device), y, k0, tol, tol)
+    saved = y_next.grad_fn.saved_tensors
+    assert sum(x.dim() == 0 for x in saved) <= 1, [tuple(x.shape) for x in saved]
+    # and it is the eager step (stepping.rk_step) to rounding
+    y_eager, ks_eager, _ = rk_step(lambda t, y: net(y), tab, 0.0, y, 0.1, k0)
+    assert torch.allclose(y_next, y_eager, rtol=0, atol=1e-14) and len(ks) == len(ks_eager) == 7
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient():
+    # Saving only at t1 (theta = 1 is y_next itself) serves nothing from dense output, so the
+    # step graph returns only the stage the next step starts from (FSAL). Save times do not
+    # move the steps, so y(t1) and its gradient equal those of a solve that saves inside the
+    # interval (whose graph returns every stage), and the eager ones.
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    results = []
+    for t in (torch.tensor([0.0, 2.0], dtype=torch.float64), torch.linspace(0.0, 2.0, 5, dtype=torch.float64)):
+        for opt in ({"compile": EAGER}, {}):
+            FUNC.zero_grad()
+            y0 = Y0.clone().requires_grad_(True)
+            ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(), options=opt)
+            ys[-1].square().sum().backward()
+            results.append((ys[-1].detach(), y0.grad.clone(), FUNC.A.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    steps = [k for k in _CACHE[FUNC] if isinstance(k[0], ButcherTableau) and k[6] is True]  # with grad
+    assert {k[-1] for k in steps} == {False, True}  # all_stages: the endpoint-only solve, the other
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile

@@ -10,15 +10,15 @@ every float, so each new ``t`` or ``h`` is a recompile. Here the whole trial ste
     r   = RMS(e / (atol + rtol max(|y|, |y_+|)))              (error norm)
     h'  = h clip(safety r^-alpha r_prev^beta, dfactor, ifactor or 1)   (PI factor)
 
-is one function of 0-d tensors ``t, h, t_end, r_prev`` (float64, on the state's device)
-and the state, built from the method's Butcher tableau (``tableaus.py``: the
+is one function of the controller state ``[t, h, t_end, r_prev, ...]`` (one float64
+vector on the state's device, :data:`CTRL`) and the state, built from the method's Butcher tableau (``tableaus.py``: the
 coefficients are constants of the traced graph, so methods stay data). The step to the
 end point (``h = t_end - t`` when ``t + h`` would pass it) and the rejection of a
 non-finite error estimate (``h' = dfactor h``) are ``torch.where`` selections inside the
 graph, so nothing in a step depends on a host value: ``torch.compile(fullgraph=True)``
 captures it once per (tableau, shapes, dtype, device, func) and never recompiles for new
-times, step sizes or save times. The host reads one small packed tensor per trial step
-(accepted?, r, t_next, h) -- the one synchronisation that decides acceptance and serves
+times, step sizes or save times. The host reads the controller state back once per trial
+step (accepted?, r, t_next, h) -- the one synchronisation that decides acceptance and serves
 the save times from dense output (eager, between steps, as in ``integrate.py``).
 
 Accepted steps are reported as the same :class:`~.integrate.AcceptedStep` records the
@@ -80,16 +80,24 @@ def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
     return with_aten_math({} if value is True else dict(value), device)
 
 
+def settings_key(settings: Mapping[str, Any]) -> Tuple:
+    """``settings`` (torch.compile keywords) as the hashable part of a compiled function's cache key."""
+    return tuple(sorted((k, repr(v)) for k, v in settings.items()))
+
+
 def _combine(y, hc, coeffs, ks):
-    # y + sum_j (h a_j) k_j, zero coefficients skipped (traced once; they are constants).
+    # y + h sum_j a_j k_j, zero coefficients skipped (traced once; they are constants).
     # The increment is summed before it meets y, as in stepping.lincomb: one rounding at
-    # the scale of y per step, not one per stage.
+    # the scale of y per step, not one per stage. h multiplies the sum, not each term:
+    # then the backward graph needs h alone, not one saved 0-d product h a_j per
+    # coefficient (dopri5 had 20 of its 41 saved tensors of that kind; each saved tensor
+    # costs host time in every call).
     inc = None
     for cj, k in zip(coeffs, ks):
         if cj != 0.0:
-            term = (hc * cj) * k
+            term = k * cj
             inc = term if inc is None else inc + term
-    return y if inc is None else y + inc
+    return y if inc is None else y + hc * inc
 
 
 def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tuple = (), f64_times: bool = False):
@@ -115,14 +123,33 @@ def _rk_step(func: Callable, c, a, b, t, h, y, k0, fsal: bool = False, extra: Tu
     return y_next, ks
 
 
+#: The controller's state: one float64 vector on the state's device, into and out of every
+#: compiled trial step. A step reads the first four entries (where it starts, the step to
+#: try, the end point, the last accepted error ratio) and returns them for the next trial
+#: together with what the host reads after it (accepted?, its error ratio, where it ends,
+#: the step it took). One tensor instead of four 0-d ones: each graph input is guarded and
+#: wrapped on every call, and the host reads it back with one ``tolist``.
+CTRL = ("t", "h", "t_end", "r_prev", "accepted", "r", "t_next", "h_used")
+
+
+def initial_ctrl(t: float, h: float, t_end: float, device: torch.device) -> torch.Tensor:
+    """The controller state of a solve's first trial step (:data:`CTRL`; r_prev = 1)."""
+    return torch.tensor([t, h, t_end, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device)
+
+
 def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float,
-              ratio: Optional[Callable] = None, f64_times: bool = False) -> Callable:
+              ratio: Optional[Callable] = None, f64_times: bool = False, all_stages: bool = True) -> Callable:
     """The trial step of ``tab`` for ``func`` as one traceable function.
 
-    ``step(t, h, t_end, y, k0, rtol, atol, prev, extra=()) -> (y_next, ks, info, h_new, prev_new, t_next)``
-    with ``info = [accepted, r, t_next, h_used]`` (float64, read by the host once).
-    ``k0 = f(t, y)`` is always an input: dopri5, tsit5 and bosh3 are FSAL, so it is the
-    previous step's last stage; other tables get it from one eager call after acceptance.
+    ``step(ctrl, y, k0, rtol, atol, extra=()) -> (y_next, ks, ctrl_next)`` with ``ctrl`` the
+    controller state (:data:`CTRL`, float64, read by the host once per trial step). On
+    rejection ``ctrl_next`` keeps ``t`` and ``r_prev`` and carries the shrunk step, so the
+    host passes it on unchanged either way. ``k0 = f(t, y)`` is always an input: dopri5,
+    tsit5 and bosh3 are FSAL, so it is the previous step's last stage; other tables get it
+    from one eager call after acceptance. ``all_stages=False``: ``ks`` holds only the stage
+    the next step starts from (FSAL tables; none for others), for solves that serve no save
+    time from dense output and record nothing: every output of a graph with grad costs
+    autograd bookkeeping on each call (~50 us of a ~700 us dopri5 step on P2).
     ``ratio(err, y, y_next)``, when given, replaces the RMS error ratio (the adjoint
     solves' mixed norm over their stacked blocks, ``continuous.mixed_ratio``); ``extra``
     is passed on to every ``func`` call, ``f64_times`` to :func:`_rk_step`.
@@ -135,7 +162,8 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     alpha, beta = ctl.alpha, ctl.beta
     safety, ifactor, dfactor = ctl.safety, ctl.ifactor, ctl.dfactor
 
-    def step(t, h, t_end, y, k0, rtol, atol, prev, extra=()):
+    def step(ctrl, y, k0, rtol, atol, extra=()):
+        t, h, t_end, prev = ctrl[0], ctrl[1], ctrl[2], ctrl[3]
         last = (t + h - t_end) * h >= 0  # t + h reaches or passes t_end (h carries the direction)
         h = torch.where(last, t_end - t, h)
         hy = h.to(y.dtype)
@@ -153,10 +181,10 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
         raw = safety * rc ** (-alpha) * prev**beta
         factor = torch.minimum(raw.clamp_min(dfactor), torch.where(accepted, ifactor, 1.0))
         h_new = torch.where(finite, h * factor, h * dfactor).clamp(-max_step, max_step)
-        prev_new = torch.where(accepted, rc, prev)
         t_next = torch.where(last, t_end, t + h)
-        info = torch.stack([accepted.to(h.dtype), r, t_next, h])
-        return y_next, ks, info, h_new, prev_new, t_next
+        ctrl_next = torch.stack([torch.where(accepted, t_next, t), h_new, t_end, torch.where(accepted, rc, prev),
+                                 accepted.to(h.dtype), r, t_next, h])
+        return y_next, (ks if all_stages else ks[-1:] if fsal else []), ctrl_next
 
     return step
 
@@ -300,16 +328,17 @@ def _tracing_autograd():
 
 
 def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
-                  tol_shapes: Tuple, settings: Dict[str, Any]) -> CompiledStep:
-    """The cached compiled step for this (tableau, func, shapes, dtype, device, settings)."""
+                  tol_shapes: Tuple, settings: Dict[str, Any], all_stages: bool = True) -> CompiledStep:
+    """The cached compiled step for this (tableau, func, shapes, dtype, device, settings,
+    ``all_stages``: see :func:`make_step`)."""
     table, inner, prefix = _cache_slot(func)
     key = prefix + (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
                     opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+                    settings_key(settings), all_stages)
     entry = table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = _fresh_code(make_step(tab, func, ctl, opts.max_step))
+        fn = _fresh_code(make_step(tab, func, ctl, opts.max_step, all_stages=all_stages))
         entry = table[key] = _compile(fn, settings)
     return entry
 
@@ -387,12 +416,15 @@ def integrate_compiled(
     ts = [as_float(x) for x in t_save]
     direction = 1.0 if ts[-1] > ts[0] else -1.0
     dev = y0.device
-    f64 = torch.float64
     rtol_t = torch.as_tensor(rtol, dtype=y0.dtype, device=dev)
     atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=dev)
     if entry is None:
         settings = compile_settings(opts.compile, dev)
-        entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings)
+        # Saves only at the end point (theta = 1 is y_next itself) and no record: no step
+        # needs its stages for dense output, so the graph returns only the next first stage.
+        all_stages = record is not None or len(ts) > 2
+        entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings,
+                              all_stages)
     if entry.broken is not None:
         _warn_fallback(entry.broken)
         return None
@@ -410,10 +442,7 @@ def integrate_compiled(
             "options={'first_step': h}."
         )
     h_f = max(min(h_f, opts.max_step), -opts.max_step)
-    t = torch.tensor(t_f, dtype=f64, device=dev)
-    h = torch.tensor(h_f, dtype=f64, device=dev)
-    t_end = torch.tensor(ts[-1], dtype=f64, device=dev)
-    prev = torch.ones((), dtype=f64, device=dev)
+    ctrl = initial_ctrl(t_f, h_f, ts[-1], dev)
     ys: List[Optional[torch.Tensor]] = [y0] + [None] * (len(ts) - 1)
     y, k0 = y0, f0
     stages = tab.stages - 1
@@ -427,22 +456,21 @@ def integrate_compiled(
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 f"or, for a stiff problem, use {STIFF_HINT}."
             )
-        out = _call(entry, t, h, t_end, y, k0, rtol_t, atol_t, prev, *((extra,) if extra else ()))
+        out = _call(entry, ctrl, y, k0, rtol_t, atol_t, *((extra,) if extra else ()))
         if out is None:
             rest = integrate_adaptive(rhs, tab, [t_f] + ts[i:], y, k0, rtol, atol,
-                                      _resumed(opts, float(h), trials - 1), False, counters,
+                                      _resumed(opts, h_f, trials - 1), False, counters,
                                       _shifted(record, i - 1), ratio_fn=ratio)
             return ys[:i] + rest[1:]
-        y_next, ks, info, h_new, prev_new, t_next = out
+        y_next, ks, ctrl = out
         rhs.nfe += stages
-        accepted_f, ratio_f, t_next_f, h_used = info.tolist()  # the one host sync per trial step
+        _, h_f, _, _, accepted_f, ratio_f, t_next_f, h_used = ctrl.tolist()  # the one host sync per trial step
         last = t_next_f == ts[-1]
         if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
             raise _underflow(opts, t_f, h_used, y, counters, nonfinite_from is not None)
         if not math.isfinite(ratio_f):
-            nonfinite_from = _nonfinite_trial(ks[0], t_f, abs(h_used), nonfinite_from)
+            nonfinite_from = _nonfinite_trial(k0, t_f, abs(h_used), nonfinite_from)
             counters.n_rejected += 1
-            h = h_new
             continue
         nonfinite_from = None
         if accepted_f:
@@ -450,15 +478,14 @@ def integrate_compiled(
             if tab.fsal:
                 k_next = ks[-1]
             else:
-                k_next = rhs(t_next, y_next)
+                k_next = rhs(t_next_f, y_next)
             _serve(saves, ys, tab, h_used, y, y_next, ks, lambda: k_next)
             if record is not None:
                 record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
             counters.n_steps += 1
-            t, t_f, y, k0 = t_next, t_next_f, y_next, k_next
+            t_f, y, k0 = t_next_f, y_next, k_next
         else:
             counters.n_rejected += 1
-        h, prev = h_new, prev_new
     return ys  # type: ignore[return-value]
 
 
@@ -527,7 +554,7 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
     key = prefix + (kind, tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
                     tuple((tuple(x.shape), x.dtype) for x in table),
                     tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+                    settings_key(settings))
     entry = cache.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
@@ -636,7 +663,7 @@ def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTable
     cache, inner, prefix = _cache_slot(func)
     key = prefix + ("quadrature_panel", adj_tab, inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
                     a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+                    settings_key(settings))
     entry = cache.get(key)
     if entry is None:
         fn = _fresh_code(make_quadrature_panel(func, tuple(shape), adj_tab, nodes, weights))
@@ -788,7 +815,7 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     that table has a continuous extension), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile, y.device)
     table, inner, prefix = _cache_slot(func)
-    rest = (tab, inner, tuple(y.shape), y.dtype, y.device, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    rest = (tab, inner, tuple(y.shape), y.dtype, y.device, settings_key(settings))
     key = prefix + ("replay",) + rest
     entry = table.get(key)
     if entry is None:
@@ -862,7 +889,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     graphed = settings.get("mode") in CUDA_GRAPH_MODES
     table, inner, prefix = _cache_slot(rhs.func)
     key = prefix + ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
-                    tuple(sorted((k, repr(v)) for k, v in settings.items())))
+                    settings_key(settings))
     entry = table.get(key)
     if entry is None:
         fn = _fresh_code(make_fixed_step(tab, rhs.func))
