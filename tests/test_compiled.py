@@ -21,7 +21,6 @@ import torch
 from scipy.integrate import solve_ivp
 
 import pysciml_grad as psg
-from pysciml_grad.backends.torch.tableaus import ButcherTableau
 from pysciml_grad.errors import CompileFallbackWarning, InvalidProblemError, UnknownOptionError
 
 EAGER = {"backend": "eager"}
@@ -169,11 +168,12 @@ def test_step_graph_saves_h_not_one_scalar_per_coefficient_for_backward():
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
-def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient():
+@pytest.mark.parametrize("method", ["dopri5", "heun_euler"])  # FSAL, and not (the host makes the next k0)
+def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
     # Saving only at t1 (theta = 1 is y_next itself) serves nothing from dense output, so the
-    # step graph returns only the stage the next step starts from (FSAL). Save times do not
-    # move the steps, so y(t1) and its gradient equal those of a solve that saves inside the
-    # interval (whose graph returns every stage), and the eager ones.
+    # step graph returns only the stage the next step starts from (FSAL; none otherwise). Save
+    # times do not move the steps, so y(t1), the work and the gradient equal those of a solve
+    # that saves inside the interval (whose graph returns every stage), and the eager ones.
     from pysciml_grad.backends.torch.compiled import _CACHE
 
     results = []
@@ -181,13 +181,16 @@ def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient():
         for opt in ({"compile": EAGER}, {}):
             FUNC.zero_grad()
             y0 = Y0.clone().requires_grad_(True)
-            ys = psg.odeint(FUNC, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(), options=opt)
+            ys, st = psg.odeint(FUNC, y0, t, method=method, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(),
+                                options={**opt, "return_stats": True})
             ys[-1].square().sum().backward()
-            results.append((ys[-1].detach(), y0.grad.clone(), FUNC.A.grad.clone()))
+            results.append((ys[-1].detach(), y0.grad.clone(), FUNC.A.grad.clone(), (st.nfe, st.n_steps, st.n_rejected)))
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0][:3], other[:3]):
             assert torch.allclose(a, b, rtol=0, atol=1e-12)
-    steps = [k for k in _CACHE[FUNC] if isinstance(k[0], ButcherTableau) and k[6] is True]  # with grad
+        assert other[3] == results[0][3]
+    tab = psg.backends.torch.tableaus.TABLEAUS[method]
+    steps = [k for k in _CACHE[FUNC] if k[0] is tab and k[6] is True]  # the compiled steps with grad
     assert {k[-1] for k in steps} == {False, True}  # all_stages: the endpoint-only solve, the other
 
 

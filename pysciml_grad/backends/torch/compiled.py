@@ -11,8 +11,9 @@ every float, so each new ``t`` or ``h`` is a recompile. Here the whole trial ste
     h'  = h clip(safety r^-alpha r_prev^beta, dfactor, ifactor or 1)   (PI factor)
 
 is one function of the controller state ``[t, h, t_end, r_prev, ...]`` (one float64
-vector on the state's device, :data:`CTRL`) and the state, built from the method's Butcher tableau (``tableaus.py``: the
-coefficients are constants of the traced graph, so methods stay data). The step to the
+vector on the state's device, :data:`CTRL`) and the state, built from the method's
+Butcher tableau (``tableaus.py``: the coefficients are constants of the traced graph, so
+methods stay data). The step to the
 end point (``h = t_end - t`` when ``t + h`` would pass it) and the rejection of a
 non-finite error estimate (``h' = dfactor h``) are ``torch.where`` selections inside the
 graph, so nothing in a step depends on a host value: ``torch.compile(fullgraph=True)``
@@ -51,6 +52,7 @@ from .integrate import (
     AcceptedStep,
     CountingRHS,
     Counters,
+    LazyRHS,
     Record,
     _nonfinite_trial,
     _saves_in_step,
@@ -456,6 +458,8 @@ def integrate_compiled(
                 f"short of t={ts[-1]:.6g}. Raise options['max_num_steps'], loosen rtol/atol, "
                 f"or, for a stiff problem, use {STIFF_HINT}."
             )
+        if isinstance(k0, LazyRHS):
+            k0 = k0()
         out = _call(entry, ctrl, y, k0, rtol_t, atol_t, *((extra,) if extra else ()))
         if out is None:
             rest = integrate_adaptive(rhs, tab, [t_f] + ts[i:], y, k0, rtol, atol,
@@ -475,11 +479,10 @@ def integrate_compiled(
         nonfinite_from = None
         if accepted_f:
             saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
-            if tab.fsal:
-                k_next = ks[-1]
-            else:
-                k_next = rhs(t_next_f, y_next)
-            _serve(saves, ys, tab, h_used, y, y_next, ks, lambda: k_next)
+            # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
+            # asks for it, so the last accepted step costs no evaluation (as in the eager loop).
+            k_next = LazyRHS(rhs, t_next_f, y_next, ks[-1] if tab.fsal else None)
+            _serve(saves, ys, tab, h_used, y, y_next, ks, k_next)
             if record is not None:
                 record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
             counters.n_steps += 1
