@@ -168,6 +168,29 @@ def test_step_graph_saves_h_not_one_scalar_per_coefficient_for_backward():
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_directad_from_a_y0_without_grad_compiles_one_step_graph():
+    # Every trial after the first starts from a y that requires grad; the first starts from
+    # the caller's y0, which need not. The solve hands the first trial a detached alias of y0
+    # that requires grad, so the step compiles once, not once per requires-grad pattern, and
+    # y0 itself gets no gradient. Same solution and parameter gradient as eager.
+    from torch._dynamo.utils import counters
+
+    func = Linear()  # a fresh module: nothing of it is compiled yet
+    t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
+    y0 = Y0.clone()
+    graphs = counters["stats"]["unique_graphs"]
+    ys_c = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(), options={"compile": EAGER})
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    ys_c.square().sum().backward()
+    g_c = func.A.grad.clone()
+    func.zero_grad()
+    ys_e = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD())
+    ys_e.square().sum().backward()
+    assert y0.grad is None and ys_c[0] is not None and torch.equal(ys_c[0], y0)
+    assert torch.allclose(ys_c, ys_e, rtol=0, atol=1e-12) and torch.allclose(g_c, func.A.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 @pytest.mark.parametrize("method", ["dopri5", "heun_euler"])  # FSAL, and not (the host makes the next k0)
 def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
     # Saving only at t1 (theta = 1 is y_next itself) serves nothing from dense output, so the
