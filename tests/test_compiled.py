@@ -168,7 +168,8 @@ def test_step_graph_saves_h_not_one_scalar_per_coefficient_for_backward():
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
-def test_directad_from_a_y0_without_grad_compiles_one_step_graph():
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])  # the adaptive and the fixed-step loop
+def test_directad_from_a_y0_without_grad_compiles_one_step_graph(method):
     # Every trial after the first starts from a y that requires grad; the first starts from
     # the caller's y0, which need not. The solve hands the first trial a detached alias of y0
     # that requires grad, so the step compiles once, not once per requires-grad pattern, and
@@ -179,12 +180,13 @@ def test_directad_from_a_y0_without_grad_compiles_one_step_graph():
     t = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
     y0 = Y0.clone()
     graphs = counters["stats"]["unique_graphs"]
-    ys_c = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(), options={"compile": EAGER})
+    ys_c = psg.odeint(func, y0, t, method=method, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(),
+                      options={"compile": EAGER})
     assert counters["stats"]["unique_graphs"] - graphs == 1
     ys_c.square().sum().backward()
     g_c = func.A.grad.clone()
     func.zero_grad()
-    ys_e = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD())
+    ys_e = psg.odeint(func, y0, t, method=method, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD())
     ys_e.square().sum().backward()
     assert y0.grad is None and ys_c[0] is not None and torch.equal(ys_c[0], y0)
     assert torch.allclose(ys_c, ys_e, rtol=0, atol=1e-12) and torch.allclose(g_c, func.A.grad, rtol=0, atol=1e-12)
