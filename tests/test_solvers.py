@@ -194,3 +194,24 @@ def test_float32_steps_round_once_per_step_like_euler(options):
     assert 0 < euler < 1e-4  # the baseline: 1000 roundings of a float32 near 4
     for name, err in errors.items():
         assert err <= 1.5 * euler, (name, err, euler)
+
+
+@pytest.mark.parametrize("method", ["heun_euler", "fehlberg2"])
+@pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "compiled"])
+def test_tables_without_fsal_evaluate_f_once_per_state(method, compile_step):
+    # A table without FSAL needs f(t_n, y_n) once per accepted state: a rejected trial's retry
+    # starts from the rejected trial's own first stage, and the last accepted state needs none
+    # (nobody reads it without dense saves). Work per solve, counted from the tableau: f(t0, y0)
+    # (first_step is given, so no initial-step probe), S - 1 new stages per trial step, and one
+    # first stage for each accepted state but the last.
+    assert not TABLEAUS[method].fsal
+    f, _, y0 = van_der_pol(1.0)
+    opts = {"return_stats": True, "first_step": 0.5}  # too large a first step: rejections
+    if compile_step:
+        opts["compile"] = {"backend": "eager"}
+    with torch.no_grad():
+        _, st = psg.odeint(f, torch.tensor(y0, dtype=torch.float64), torch.tensor([0.0, 6.0], dtype=torch.float64),
+                           method=method, rtol=1e-5, atol=1e-7, options=opts)
+    assert st.n_rejected > 0
+    stages = TABLEAUS[method].stages
+    assert st.nfe == 1 + (stages - 1) * (st.n_steps + st.n_rejected) + (st.n_steps - 1)

@@ -333,6 +333,7 @@ def integrate_adaptive(
             if cb.reject is not None:
                 cb.reject(t, y, h)
             h = (h * opts.dfactor) if differentiate_control else h_f * opts.dfactor
+            k0 = _retry_start(tab, k0, ks)
             continue
         nonfinite_from = None
         ratio: Scalar = ratio_t if differentiate_control else ratio_f
@@ -373,6 +374,7 @@ def integrate_adaptive(
                 after_jump = True
         else:
             counters.n_rejected += 1
+            k0 = _retry_start(tab, k0, ks)
         if differentiate_control:
             h = _limit(h * controller.factor(ratio, prev_ratio, accepted), opts.max_step)
         else:
@@ -381,6 +383,14 @@ def integrate_adaptive(
             # Clamped on both paths: an exactly zero error (e.g. f = 0) must not zero the PI factor.
             prev_ratio = max(ratio_f, 1e-10) if not differentiate_control else ratio.clamp(min=1e-10)
     return ys  # type: ignore[return-value]
+
+
+def _retry_start(tab, k0: Optional[torch.Tensor], ks: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The first stage for the retry of a rejected trial step: the rejected trial's own
+    f(t, y) (an explicit table's ``ks[0]``), so a table without FSAL does not evaluate it
+    again on every retry (heun_euler and fehlberg2 cost one evaluation more per rejected
+    step). Implicit and Rosenbrock steps keep ``k0``: their ks are not f values."""
+    return ks[0] if k0 is None and isinstance(tab, ButcherTableau) else k0
 
 
 def _stop_points(opts: SolverOptions, t0: float, t1: float, direction: float,
