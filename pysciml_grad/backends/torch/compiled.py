@@ -13,12 +13,11 @@ every float, so each new ``t`` or ``h`` is a recompile. Here the whole trial ste
 is one function of the controller state ``[t, h, t_end, r_prev, ...]`` (one float64
 vector on the state's device, :data:`CTRL`) and the state, built from the method's
 Butcher tableau (``tableaus.py``: the coefficients are constants of the traced graph, so
-methods stay data). The step to the
-end point (``h = t_end - t`` when ``t + h`` would pass it) and the rejection of a
-non-finite error estimate (``h' = dfactor h``) are ``torch.where`` selections inside the
-graph, so nothing in a step depends on a host value: ``torch.compile(fullgraph=True)``
-captures it once per (tableau, shapes, dtype, device, func) and never recompiles for new
-times, step sizes or save times. The host reads the controller state back once per trial
+methods stay data). The step to the end point (``h = t_end - t`` when ``t + h`` would
+pass it) and the rejection of a non-finite error estimate (``h' = dfactor h``) are
+``torch.where`` selections inside the graph, so nothing in a step depends on a host value:
+``torch.compile(fullgraph=True)`` captures it once per (tableau, shapes, dtype, device,
+func) and never recompiles for new times, step sizes or save times. The host reads the controller state back once per trial
 step (accepted?, r, t_next, h) -- the one synchronisation that decides acceptance and serves
 the save times from dense output (eager, between steps, as in ``integrate.py``).
 
@@ -148,7 +147,7 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     rejection ``ctrl_next`` keeps ``t`` and ``r_prev`` and carries the shrunk step, so the
     host passes it on unchanged either way. ``k0 = f(t, y)`` is always an input: dopri5,
     tsit5 and bosh3 are FSAL, so it is the previous step's last stage; other tables get it
-    from one eager call after acceptance. ``all_stages=False``: ``ks`` holds only the stage
+    from one eager call before the next trial (or from dense output, whichever asks first). ``all_stages=False``: ``ks`` holds only the stage
     the next step starts from (FSAL tables; none for others), for solves that serve no save
     time from dense output and record nothing: every output of a graph with grad costs
     autograd bookkeeping on each call (~50 us of a ~700 us dopri5 step on P2).
