@@ -199,7 +199,7 @@ def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
     # step graph returns only the stage the next step starts from (FSAL; none otherwise). Save
     # times do not move the steps, so y(t1), the work and the gradient equal those of a solve
     # that saves inside the interval (whose graph returns every stage), and the eager ones.
-    from pysciml_grad.backends.torch.compiled import _CACHE
+    from pysciml_grad.backends.torch.compiled import _CACHE, StepOutputs
 
     results = []
     for t in (torch.tensor([0.0, 2.0], dtype=torch.float64), torch.linspace(0.0, 2.0, 5, dtype=torch.float64)):
@@ -215,8 +215,124 @@ def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
             assert torch.allclose(a, b, rtol=0, atol=1e-12)
         assert other[3] == results[0][3]
     tab = psg.backends.torch.tableaus.TABLEAUS[method]
-    steps = [k for k in _CACHE[FUNC] if k[0] is tab and k[6] is True]  # the compiled steps with grad
-    assert {k[-1] for k in steps} == {False, True}  # all_stages: the endpoint-only solve, the other
+    steps = [k for k in _CACHE[FUNC] if k[0] is tab and k[6] is True and k[-1] == 1]  # single steps with grad
+    assert {k[-2] for k in steps} >= {StepOutputs.NEXT, StepOutputs.ALL}  # the endpoint-only solve, the other
+
+
+def _directad_endpoint(func, y0, t, **opts):
+    """(y(t1), dL/dy0, dL/dparams, (nfe, steps, rejected)) of a DirectAD solve saving only
+    at t1, L = sum(y(t1)^2)."""
+    func.zero_grad()
+    y0 = y0.clone().requires_grad_(True)
+    ys, st = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=psg.DirectAD(),
+                        options={**opts, "return_stats": True})
+    ys[-1].square().sum().backward()
+    grads = [p.grad.clone() for p in func.parameters()]
+    return ys[-1].detach(), y0.grad.clone(), grads, (st.nfe, st.n_steps, st.n_rejected)
+
+
+def _assert_same_solve(a, b, tol=1e-12):
+    for x, y in zip(a[:2] + tuple(a[2]), b[:2] + tuple(b[2])):
+        assert torch.isfinite(x).all() and torch.allclose(x, y, rtol=0, atol=tol), (x, y)
+
+
+def _calls(func, outputs, trials):
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    return sum(e.calls for k, e in _CACHE[func].items() if k[-2:] == (outputs, trials))
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_directad_two_trials_per_call_same_solve_as_one_and_as_eager():
+    # An end-point-only DirectAD solve of an FSAL table takes its trial steps two per
+    # compiled call (make_pair); the first step, 1.5 of an interval of 4, is rejected inside
+    # the first pair, so the second trial (the retry) starts from the masked state. Same
+    # trials, y(t1) and gradients (to y0 and A, through the masked selections) as one trial
+    # per call and as the eager loop, and the pair graph did the work.
+    from pysciml_grad.backends.torch.compiled import StepOutputs
+
+    func = Linear()
+    t = torch.tensor([0.0, 4.0], dtype=torch.float64)
+    eager = _directad_endpoint(func, Y0, t, first_step=1.5)
+    one = _directad_endpoint(func, Y0, t, first_step=1.5, compile={**EAGER, "trials_per_call": 1})
+    assert _calls(func, StepOutputs.NEXT, 2) == 0
+    two = _directad_endpoint(func, Y0, t, first_step=1.5, compile=EAGER)
+    assert eager[3][2] >= 1 and eager[3] == one[3] == two[3]  # a rejection, and the same work
+    _assert_same_solve(two, eager)
+    _assert_same_solve(two, one)
+    trials = eager[3][1] + eager[3][2]
+    pairs, single = _calls(func, StepOutputs.NEXT, 2), _calls(func, StepOutputs.NEXT, 1)
+    final = _calls(func, StepOutputs.NONE, 1)
+    assert pairs >= 1 and 2 * pairs + single - one[3][1] - one[3][2] + final == trials, (pairs, single, final)
+
+
+class SqrtDecay(torch.nn.Module):
+    """dy/dt = -w sqrt(y): y(t) = (sqrt(y0) - w t / 2)^2 while positive; NaN for a trial
+    stage that overshoots below 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return -self.w * torch.sqrt(y)
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_pair_with_a_nonfinite_trial_is_redone_one_trial_at_a_time():
+    # The first trial (h = 0.45 on [0, 0.5]) drives a stage below 0, so sqrt gives NaN and
+    # the trial is rejected inside the pair. Its values would stay in the pair's graph, and
+    # the backward multiplies their derivatives (1 / (2 sqrt(y)) = NaN) by the zero
+    # cotangent: a NaN gradient. The host drops such a pair and redoes its trials one per
+    # call: finite gradients, equal to eager's; the closed form checks y(t1); the dropped
+    # pair's 2 x 6 evaluations are counted.
+    func = SqrtDecay()
+    y0 = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    eager = _directad_endpoint(func, y0, t, first_step=0.45)
+    comp = _directad_endpoint(func, y0, t, first_step=0.45, compile=EAGER)
+    exact = (y0.sqrt() - 3.0 * 0.5 / 2) ** 2
+    assert torch.allclose(comp[0], exact, rtol=1e-7, atol=0)
+    _assert_same_solve(comp, eager)
+    assert eager[3][2] >= 1 and comp[3][1:] == eager[3][1:] and comp[3][0] == eager[3][0] + 2 * 6
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_trial_that_ends_an_endpoint_solve_with_grad_returns_no_stage():
+    # The trial that the host sees reaching t1 runs in the graph that returns no stage
+    # (StepOutputs.NONE): its FSAL stage f(t1, y1) is not an output, so AOT autograd's
+    # backward does not run a func VJP for it with a zero cotangent. Same solve as one trial per call.
+    from pysciml_grad.backends.torch.compiled import StepOutputs
+
+    func = Linear()
+    t = torch.tensor([0.0, 0.05], dtype=torch.float64)  # the first step (0.1, cut to 0.05) covers it
+    comp = _directad_endpoint(func, Y0, t, first_step=0.1, compile=EAGER)
+    one = _directad_endpoint(func, Y0, t, first_step=0.1, compile={**EAGER, "trials_per_call": 1})
+    assert comp[3] == one[3] and comp[3][1] == 1
+    _assert_same_solve(comp, one)
+    assert _calls(func, StepOutputs.NONE, 1) == comp[3][1] + comp[3][2] and _calls(func, StepOutputs.NEXT, 2) == 0
+
+
+@pytest.mark.parametrize("max_num_steps", [4, 5])
+def test_max_num_steps_counts_the_trials_of_a_pair(max_num_steps):
+    # Two trials per call never run past max_num_steps: the error comes at the same trial,
+    # from the same t, as in the eager loop (odd and even limits).
+    from pysciml_grad.errors import MaxStepsExceededError
+
+    func = Linear()
+    t = torch.tensor([0.0, 20.0], dtype=torch.float64)
+    messages = []
+    for opts in ({}, {"compile": EAGER}):
+        with pytest.raises(MaxStepsExceededError) as err:
+            _directad_endpoint(func, Y0, t, max_num_steps=max_num_steps, **opts)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1], messages
+
+
+@pytest.mark.parametrize("value", [3, 0, True, "2"])
+def test_trials_per_call_must_be_1_or_2(value):
+    with pytest.raises(InvalidProblemError, match="trials_per_call"):
+        psg.odeint(FUNC, Y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"compile": {"trials_per_call": value}})
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile

@@ -34,6 +34,7 @@ Controller and error norm are those of ``control.PIController`` and
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import types
 import warnings
@@ -70,6 +71,16 @@ Scalar = Union[float, torch.Tensor]
 #: ``fullgraph`` and ``dynamic`` are fixed (True, None): the step is one graph, static at first (:func:`_compile`).
 COMPILE_KEYWORDS = ("backend", "mode", "options")
 
+#: Our own keyword in the same mapping: how many trial steps one compiled call may take
+#: (:func:`make_pair`; 2, the default, applies where :func:`pairs_trials` says, 1 never pairs).
+TRIALS_PER_CALL = "trials_per_call"
+TRIALS_PER_CALL_VALUES = (1, 2)
+
+
+def trials_per_call(value: Any) -> int:
+    """``options["compile"]``'s trials per call (validated by ``control.SolverOptions``)."""
+    return value.get(TRIALS_PER_CALL, 2) if isinstance(value, Mapping) else 2
+
 
 def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
     """Normalise ``options["compile"]`` (True or a mapping of torch.compile keywords) for
@@ -78,7 +89,8 @@ def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
     (``aten_math.with_aten_math``)."""
     from .aten_math import with_aten_math  # imports torch._inductor (~2 s): only when compiling
 
-    return with_aten_math({} if value is True else dict(value), device)
+    torch_keywords = {} if value is True else {k: v for k, v in value.items() if k != TRIALS_PER_CALL}
+    return with_aten_math(torch_keywords, device)
 
 
 def settings_key(settings: Mapping[str, Any]) -> Tuple:
@@ -138,8 +150,20 @@ def initial_ctrl(t: float, h: float, t_end: float, device: torch.device) -> torc
     return torch.tensor([t, h, t_end, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device)
 
 
+class StepOutputs(enum.Enum):
+    """The stages a compiled trial step returns (:func:`make_step`). With grad every output
+    of a graph costs autograd bookkeeping on each call, and AOT autograd runs the whole
+    backward graph with zeros for an output nobody used (``autograd.Function`` materialises
+    them), so a stage that no one reads costs a func VJP."""
+
+    ALL = "every stage: dense output, recorded steps (the adjoints' forward and replays)"
+    NEXT = "the stage the next step starts from (FSAL tables; none for others)"
+    NONE = "no stage: the trial that ends an end-point-only solve with grad"
+
+
 def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: float,
-              ratio: Optional[Callable] = None, f64_times: bool = False, all_stages: bool = True) -> Callable:
+              ratio: Optional[Callable] = None, f64_times: bool = False,
+              outputs: StepOutputs = StepOutputs.ALL) -> Callable:
     """The trial step of ``tab`` for ``func`` as one traceable function.
 
     ``step(ctrl, y, k0, rtol, atol, extra=()) -> (y_next, ks, ctrl_next)`` with ``ctrl`` the
@@ -147,10 +171,11 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
     rejection ``ctrl_next`` keeps ``t`` and ``r_prev`` and carries the shrunk step, so the
     host passes it on unchanged either way. ``k0 = f(t, y)`` is always an input: dopri5,
     tsit5 and bosh3 are FSAL, so it is the previous step's last stage; other tables get it
-    from one eager call before the next trial (or from dense output, whichever asks first). ``all_stages=False``: ``ks`` holds only the stage
-    the next step starts from (FSAL tables; none for others), for solves that serve no save
-    time from dense output and record nothing: every output of a graph with grad costs
-    autograd bookkeeping on each call (~50 us of a ~700 us dopri5 step on P2).
+    from one eager call before the next trial (or from dense output, whichever asks first).
+    ``outputs`` (:class:`StepOutputs`): the stages ``ks`` holds. ``NEXT`` is for solves that
+    serve no save time from dense output and record nothing (the stages cost ~50 us of a
+    ~700 us dopri5 step on P2 with grad); ``NONE`` for the trial that reaches the end of
+    such a solve with grad (its FSAL stage would cost a func VJP in the backward, ~150 us on P2).
     ``ratio(err, y, y_next)``, when given, replaces the RMS error ratio (the adjoint
     solves' mixed norm over their stacked blocks, ``continuous.mixed_ratio``); ``extra``
     is passed on to every ``func`` call, ``f64_times`` to :func:`_rk_step`.
@@ -185,9 +210,37 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
         t_next = torch.where(last, t_end, t + h)
         ctrl_next = torch.stack([torch.where(accepted, t_next, t), h_new, t_end, torch.where(accepted, rc, prev),
                                  accepted.to(h.dtype), r, t_next, h])
-        return y_next, (ks if all_stages else ks[-1:] if fsal else []), ctrl_next
+        kept = ks if outputs is StepOutputs.ALL else ks[-1:] if fsal and outputs is StepOutputs.NEXT else []
+        return y_next, kept, ctrl_next
 
     return step
+
+
+def make_pair(step: Callable) -> Callable:
+    """Two trial steps of ``step`` (a :func:`make_step` of an FSAL table, ``StepOutputs.NEXT``)
+    as one traceable function: ``pair(ctrl, y, k0, rtol, atol) -> (y, [k], ctrl_2, ctrl_1)``.
+
+    The second trial starts from what the first left: its end state if accepted, else the
+    same state with the shrunk step (``ctrl_1`` carries it either way), selected by
+    ``torch.where`` on the device -- the masked update of diffrax's bounded loops, so the
+    host reads both controller rows once, after the call. Same trials, same arithmetic and
+    the same result as two single calls; what it saves is one compiled call with grad (AOT
+    autograd's forward and backward wrappers, ~130 us on P2 and P1 alike) per two trial
+    steps. A rejected first trial stays in the graph: its backward runs on zero cotangents
+    (``torch.where``'s), which is exact when its values are finite; the host redoes a pair
+    with a non-finite trial one trial at a time (0 times NaN is NaN).
+    The host calls it only when the first trial cannot reach the end point, so the second
+    trial is always one the solve needs."""
+
+    def pair(ctrl, y, k0, rtol, atol):
+        y_1, ks_1, ctrl_1 = step(ctrl, y, k0, rtol, atol)
+        took = ctrl_1[4] > 0.5  # CTRL "accepted"
+        y_mid, k_mid = torch.where(took, y_1, y), torch.where(took, ks_1[-1], k0)
+        y_2, ks_2, ctrl_2 = step(ctrl_1, y_mid, k_mid, rtol, atol)
+        took = ctrl_2[4] > 0.5
+        return torch.where(took, y_2, y_mid), [torch.where(took, ks_2[-1], k_mid)], ctrl_2, ctrl_1
+
+    return pair
 
 
 def _fresh_code(fn: Callable) -> Callable:
@@ -329,19 +382,31 @@ def _tracing_autograd():
 
 
 def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: torch.Tensor,
-                  tol_shapes: Tuple, settings: Dict[str, Any], all_stages: bool = True) -> CompiledStep:
+                  tol_shapes: Tuple, settings: Dict[str, Any], outputs: StepOutputs = StepOutputs.ALL,
+                  trials: int = 1) -> CompiledStep:
     """The cached compiled step for this (tableau, func, shapes, dtype, device, settings,
-    ``all_stages``: see :func:`make_step`)."""
+    ``outputs``: see :func:`make_step`); ``trials=2``: the :func:`make_pair` of it. Nothing
+    is traced until the first call."""
     table, inner, prefix = _cache_slot(func)
     key = prefix + (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
                     opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    settings_key(settings), all_stages)
+                    settings_key(settings), outputs, trials)
     entry = table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = _fresh_code(make_step(tab, func, ctl, opts.max_step, all_stages=all_stages))
-        entry = table[key] = _compile(fn, settings)
+        fn = make_step(tab, func, ctl, opts.max_step, outputs=outputs)
+        entry = table[key] = _compile(_fresh_code(make_pair(fn) if trials == 2 else fn), settings)
     return entry
+
+
+def pairs_trials(tab: ButcherTableau, opts: SolverOptions, n_saves: int, record: Record, f0: torch.Tensor) -> bool:
+    """Whether a compiled adaptive solve takes its trial steps two per call (:func:`make_pair`):
+    an FSAL table (the pair hands its first trial's last stage on inside the graph), only
+    the end point saved and nothing recorded (no step serves dense output), a graph being
+    built (``f0`` carries one: without grad a call costs ~15 us, not ~130), and
+    ``trials_per_call`` not 1."""
+    return (tab.fsal and n_saves == 2 and record is None and torch.is_grad_enabled() and f0.requires_grad
+            and trials_per_call(opts.compile) == 2)
 
 
 def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentiate_control: bool,
@@ -431,13 +496,17 @@ def integrate_compiled(
     dev = y0.device
     rtol_t = torch.as_tensor(rtol, dtype=y0.dtype, device=dev)
     atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=dev)
+    pair = final = None
     if entry is None:
         settings = compile_settings(opts.compile, dev)
+        tol_shapes = (tuple(rtol_t.shape), tuple(atol_t.shape))
         # Saves only at the end point (theta = 1 is y_next itself) and no record: no step
         # needs its stages for dense output, so the graph returns only the next first stage.
-        all_stages = record is not None or len(ts) > 2
-        entry = compiled_step(tab, rhs.func, opts, y0, (tuple(rtol_t.shape), tuple(atol_t.shape)), settings,
-                              all_stages)
+        outputs = StepOutputs.ALL if record is not None or len(ts) > 2 else StepOutputs.NEXT
+        entry = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, outputs)
+        if pairs_trials(tab, opts, len(ts), record, f0):
+            pair = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, StepOutputs.NEXT, trials=2)
+            final = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, StepOutputs.NONE)
     if entry.broken is not None:
         _warn_fallback(entry.broken)
         return None
@@ -461,8 +530,16 @@ def integrate_compiled(
     stages = tab.stages - 1
     i, trials = 1, 0
     nonfinite_from: Optional[float] = None
+    singles = False  # after a pair with a non-finite trial: one trial per call until a step is accepted
     while i < len(ts):
-        trials += 1
+        use = entry
+        if pair is not None:
+            if (t_f + h_f - ts[-1]) * h_f >= 0:  # the graph's own test for a trial that ends the solve
+                use = final
+            elif not singles and trials + 2 <= opts.max_num_steps:
+                use = pair
+        n_trials = 2 if use is pair else 1
+        trials += n_trials
         if trials > opts.max_num_steps:
             raise MaxStepsExceededError(
                 f"max_num_steps={opts.max_num_steps} steps taken and t={t_f:.6g} reached, "
@@ -471,35 +548,52 @@ def integrate_compiled(
             )
         if isinstance(k0, LazyRHS):
             k0 = k0()
-        out = _call(entry, ctrl, y, k0, rtol_t, atol_t, *((extra,) if extra else ()))
+        out = _call(use, ctrl, y, k0, rtol_t, atol_t, *((extra,) if extra else ()))
         if out is None:
             rest = integrate_adaptive(rhs, tab, [t_f] + ts[i:], y, k0, rtol, atol,
-                                      _resumed(opts, h_f, trials - 1), False, counters,
+                                      _resumed(opts, h_f, trials - n_trials), False, counters,
                                       _shifted(record, i - 1), ratio_fn=ratio)
             return ys[:i] + rest[1:]
-        y_next, ks, ctrl = out
-        rhs.nfe += stages
-        _, h_f, _, _, accepted_f, ratio_f, t_next_f, h_used = ctrl.tolist()  # the one host sync per trial step
-        last = t_next_f == ts[-1]
-        if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
-            raise _underflow(opts, t_f, h_used, y, counters, nonfinite_from is not None)
-        if not math.isfinite(ratio_f):
-            nonfinite_from = _nonfinite_trial(k0, t_f, abs(h_used), nonfinite_from)
-            counters.n_rejected += 1
-            continue
-        nonfinite_from = None
-        if accepted_f:
-            saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
-            # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
-            # asks for it, so the last accepted step costs no evaluation (as in the eager loop).
-            k_next = LazyRHS(rhs, t_next_f, y_next, ks[-1] if tab.fsal else None)
-            _serve(saves, ys, tab, h_used, y, y_next, ks, k_next)
-            if record is not None:
-                record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
-            counters.n_steps += 1
-            t_f, y, k0 = t_next_f, y_next, k_next
+        if use is pair:
+            y_next, ks, ctrl_next, ctrl_first = out
+            rows = (ctrl_first.tolist(), ctrl_next.tolist())  # the one host sync per two trial steps
+            if not (math.isfinite(rows[0][5]) and math.isfinite(rows[1][5])):
+                trials -= 2  # dropped unused, so no backward runs through its NaN/inf; redone below
+                rhs.nfe += 2 * stages  # (its evaluations were made all the same)
+                singles = True
+                continue
         else:
-            counters.n_rejected += 1
+            y_next, ks, ctrl_next = out
+            rows = (ctrl_next.tolist(),)  # the one host sync per trial step
+        ctrl = ctrl_next
+        rhs.nfe += stages * n_trials
+        for row in rows:  # a pair's first row never ends the solve, and its end state is not served
+            _, h_f, _, _, accepted_f, ratio_f, t_next_f, h_used = row
+            last = t_next_f == ts[-1]
+            if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
+                raise _underflow(opts, t_f, h_used, y, counters, nonfinite_from is not None)
+            if not math.isfinite(ratio_f):
+                nonfinite_from = _nonfinite_trial(k0, t_f, abs(h_used), nonfinite_from)
+                counters.n_rejected += 1
+                continue
+            nonfinite_from = None
+            if not accepted_f:
+                counters.n_rejected += 1
+                continue
+            counters.n_steps += 1
+            if row is rows[-1]:
+                saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
+                # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
+                # asks for it, so the last accepted step costs no evaluation (as in the eager loop).
+                k_next = LazyRHS(rhs, t_next_f, y_next, ks[-1] if tab.fsal and ks else None)
+                _serve(saves, ys, tab, h_used, y, y_next, ks, k_next)
+                if record is not None:
+                    record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
+                y, k0 = y_next, k_next
+                singles = False
+            t_f = t_next_f
+        if use is pair and not rows[-1][4]:  # the second trial was rejected:
+            y, k0 = y_next, ks[-1]  # the pair hands back the first one's end state (or its start)
     return ys  # type: ignore[return-value]
 
 

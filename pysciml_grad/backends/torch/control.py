@@ -41,7 +41,9 @@ class SolverOptions:
     compile        Runge-Kutta methods: True, or a mapping of torch.compile keywords
                    (backend, mode, options), runs the trial step compiled (``compiled.py``).
                    On CPU inductor calls ATen's tanh and runs each step from its C++
-                   wrapper (``aten_math.py``; options you pass win).
+                   wrapper (``aten_math.py``; options you pass win). Our own key
+                   ``trials_per_call`` (2, the default, or 1): with grad, end-point-only
+                   solves of FSAL tables take two trial steps per compiled call.
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).
     jump_t         adaptive methods: times where f is discontinuous. Steps end exactly on
@@ -142,18 +144,24 @@ def _norm(name: str, value: Any) -> Callable:
 
 
 def _compile(name: str, value: Any) -> Any:
-    from .compiled import COMPILE_KEYWORDS
+    from .compiled import COMPILE_KEYWORDS, TRIALS_PER_CALL, TRIALS_PER_CALL_VALUES
 
     if isinstance(value, bool):
         return value
     if isinstance(value, Mapping):
-        bad = sorted(set(value) - set(COMPILE_KEYWORDS))
-        if not bad:
-            return dict(value)
-        raise InvalidProblemError(
-            f"{name} takes torch.compile keywords {list(COMPILE_KEYWORDS)}, got {bad} "
-            "(fullgraph=True and dynamic=None are fixed: the step is one graph, of static shapes at first)"
-        )
+        bad = sorted(set(value) - set(COMPILE_KEYWORDS) - {TRIALS_PER_CALL})
+        if bad:
+            raise InvalidProblemError(
+                f"{name} takes torch.compile keywords {list(COMPILE_KEYWORDS)} and {TRIALS_PER_CALL!r}, got {bad} "
+                "(fullgraph=True and dynamic=None are fixed: the step is one graph, of static shapes at first)"
+            )
+        trials = value.get(TRIALS_PER_CALL, TRIALS_PER_CALL_VALUES[-1])
+        if isinstance(trials, bool) or trials not in TRIALS_PER_CALL_VALUES:
+            raise InvalidProblemError(
+                f"{name}[{TRIALS_PER_CALL!r}] must be one of {list(TRIALS_PER_CALL_VALUES)} (trial steps per compiled "
+                f"call; 1 compiles no pair graph), got {trials!r}"
+            )
+        return dict(value)
     raise InvalidProblemError(f"{name} must be True/False or a mapping of torch.compile keywords, got {type(value).__name__}")
 
 
