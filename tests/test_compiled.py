@@ -219,16 +219,16 @@ def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
     assert {k[-2] for k in steps} >= {StepOutputs.NEXT, StepOutputs.ALL}  # the endpoint-only solve, the other
 
 
-def _directad_endpoint(func, y0, t, **opts):
-    """(y(t1), dL/dy0, dL/dparams, (nfe, steps, rejected)) of a DirectAD solve saving only
-    at t1, L = sum(y(t1)^2)."""
+def _directad_solve(func, y0, t, rtol=1e-8, atol=1e-10, **opts):
+    """(y(t), dL/dy0, dL/dparams, (nfe, steps, rejected)) of a DirectAD solve,
+    L = sum(y(t)^2) over the save times."""
     func.zero_grad()
     y0 = y0.clone().requires_grad_(True)
-    ys, st = psg.odeint(func, y0, t, rtol=1e-8, atol=1e-10, sensealg=psg.DirectAD(),
+    ys, st = psg.odeint(func, y0, t, rtol=rtol, atol=atol, sensealg=psg.DirectAD(),
                         options={**opts, "return_stats": True})
-    ys[-1].square().sum().backward()
+    ys.square().sum().backward()
     grads = [p.grad.clone() for p in func.parameters()]
-    return ys[-1].detach(), y0.grad.clone(), grads, (st.nfe, st.n_steps, st.n_rejected)
+    return ys.detach(), y0.grad.clone(), grads, (st.nfe, st.n_steps, st.n_rejected)
 
 
 def _assert_same_solve(a, b, tol=1e-12):
@@ -243,27 +243,30 @@ def _calls(func, outputs, trials):
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
-def test_directad_two_trials_per_call_same_solve_as_one_and_as_eager():
-    # An end-point-only DirectAD solve of an FSAL table takes its trial steps two per
-    # compiled call (make_pair); the first step, 1.5 of an interval of 4, is rejected inside
-    # the first pair, so the second trial (the retry) starts from the masked state. Same
-    # trials, y(t1) and gradients (to y0 and A, through the masked selections) as one trial
-    # per call and as the eager loop, and the pair graph did the work.
+@pytest.mark.parametrize("n_saves", [2, 9])  # the end point only; and saves from dense output
+def test_directad_two_trials_per_call_same_solve_as_one_and_as_eager(n_saves):
+    # A DirectAD solve of an FSAL table takes its trial steps two per compiled call
+    # (make_pair); the first step, 1.5 of an interval of 4, is rejected inside the first
+    # pair, so the second trial (the retry) starts from the masked state. Same trials, saves
+    # and gradients (to y0 and A, through the masked selections and the dense output of
+    # both trials' stages) as one trial per call and as the eager loop, and the pair graph
+    # did the work.
     from pysciml_grad.backends.torch.compiled import StepOutputs
 
     func = Linear()
-    t = torch.tensor([0.0, 4.0], dtype=torch.float64)
-    eager = _directad_endpoint(func, Y0, t, first_step=1.5)
-    one = _directad_endpoint(func, Y0, t, first_step=1.5, compile={**EAGER, "trials_per_call": 1})
-    assert _calls(func, StepOutputs.NEXT, 2) == 0
-    two = _directad_endpoint(func, Y0, t, first_step=1.5, compile=EAGER)
+    t = torch.linspace(0.0, 4.0, n_saves, dtype=torch.float64)
+    outputs = StepOutputs.NEXT if n_saves == 2 else StepOutputs.ALL
+    eager = _directad_solve(func, Y0, t, first_step=1.5)
+    one = _directad_solve(func, Y0, t, first_step=1.5, compile={**EAGER, "trials_per_call": 1})
+    assert _calls(func, outputs, 2) == 0
+    two = _directad_solve(func, Y0, t, first_step=1.5, compile=EAGER)
     assert eager[3][2] >= 1 and eager[3] == one[3] == two[3]  # a rejection, and the same work
     _assert_same_solve(two, eager)
     _assert_same_solve(two, one)
     trials = eager[3][1] + eager[3][2]
-    pairs, single = _calls(func, StepOutputs.NEXT, 2), _calls(func, StepOutputs.NEXT, 1)
-    final = _calls(func, StepOutputs.NONE, 1)
-    assert pairs >= 1 and 2 * pairs + single - one[3][1] - one[3][2] + final == trials, (pairs, single, final)
+    pairs, single = _calls(func, outputs, 2), _calls(func, outputs, 1) - trials  # less the solve of `one`
+    final = _calls(func, StepOutputs.NONE, 1) if n_saves == 2 else 0
+    assert pairs >= 1 and 2 * pairs + single + final == trials, (pairs, single, final)
 
 
 class SqrtDecay(torch.nn.Module):
@@ -280,21 +283,23 @@ class SqrtDecay(torch.nn.Module):
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 def test_pair_with_a_nonfinite_trial_is_redone_one_trial_at_a_time():
-    # The first trial (h = 0.45 on [0, 0.5]) drives a stage below 0, so sqrt gives NaN and
-    # the trial is rejected inside the pair. Its values would stay in the pair's graph, and
-    # the backward multiplies their derivatives (1 / (2 sqrt(y)) = NaN) by the zero
-    # cotangent: a NaN gradient. The host drops such a pair and redoes its trials one per
-    # call: finite gradients, equal to eager's; the closed form checks y(t1); the dropped
-    # pair's 2 x 6 evaluations are counted.
+    # The first trial (h = 0.4 on [0, 0.5]) drives a stage below 0, so sqrt gives NaN and
+    # the trial is rejected inside the pair; the second (the retry, h = 0.08) is accepted.
+    # The first one's values stay in the pair's graph, on the path to the second's start
+    # (torch.where), and the backward multiplies their derivatives (1 / (2 sqrt(y)) = NaN) by
+    # the zero cotangent: a NaN gradient. The host drops such a pair and redoes its trials
+    # one per call: finite gradients, equal to eager's; the closed form checks y(t1); the
+    # dropped pair's 2 x 6 evaluations are counted.
     func = SqrtDecay()
     y0 = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
     t = torch.tensor([0.0, 0.5], dtype=torch.float64)
-    eager = _directad_endpoint(func, y0, t, first_step=0.45)
-    comp = _directad_endpoint(func, y0, t, first_step=0.45, compile=EAGER)
+    tol = dict(rtol=1e-3, atol=1e-6, first_step=0.4)
+    eager = _directad_solve(func, y0, t, **tol)
+    comp = _directad_solve(func, y0, t, **tol, compile=EAGER)
     exact = (y0.sqrt() - 3.0 * 0.5 / 2) ** 2
-    assert torch.allclose(comp[0], exact, rtol=1e-7, atol=0)
+    assert torch.allclose(comp[0][-1], exact, rtol=1e-2, atol=0)  # (rtol 1e-3 per step)
     _assert_same_solve(comp, eager)
-    assert eager[3][2] >= 1 and comp[3][1:] == eager[3][1:] and comp[3][0] == eager[3][0] + 2 * 6
+    assert eager[3][2] >= 1 and comp[3][1:] == eager[3][1:] and comp[3][0] == eager[3][0] + 2 * 6  # one pair dropped
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
@@ -306,8 +311,8 @@ def test_trial_that_ends_an_endpoint_solve_with_grad_returns_no_stage():
 
     func = Linear()
     t = torch.tensor([0.0, 0.05], dtype=torch.float64)  # the first step (0.1, cut to 0.05) covers it
-    comp = _directad_endpoint(func, Y0, t, first_step=0.1, compile=EAGER)
-    one = _directad_endpoint(func, Y0, t, first_step=0.1, compile={**EAGER, "trials_per_call": 1})
+    comp = _directad_solve(func, Y0, t, first_step=0.1, compile=EAGER)
+    one = _directad_solve(func, Y0, t, first_step=0.1, compile={**EAGER, "trials_per_call": 1})
     assert comp[3] == one[3] and comp[3][1] == 1
     _assert_same_solve(comp, one)
     assert _calls(func, StepOutputs.NONE, 1) == comp[3][1] + comp[3][2] and _calls(func, StepOutputs.NEXT, 2) == 0
@@ -324,7 +329,7 @@ def test_max_num_steps_counts_the_trials_of_a_pair(max_num_steps):
     messages = []
     for opts in ({}, {"compile": EAGER}):
         with pytest.raises(MaxStepsExceededError) as err:
-            _directad_endpoint(func, Y0, t, max_num_steps=max_num_steps, **opts)
+            _directad_solve(func, Y0, t, max_num_steps=max_num_steps, **opts)
         messages.append(str(err.value))
     assert messages[0] == messages[1], messages
 
@@ -668,9 +673,10 @@ def test_a_func_whose_python_state_changes_every_call_falls_back_to_eager_mid_so
     # recompile_limit times, then the solve goes on eagerly.
     entries = list(_CACHE[func].values())
     assert counters["stats"]["unique_graphs"] - graphs <= torch._dynamo.config.recompile_limit * len(entries)
-    assert entries[0].broken is not None
+    assert any(e.broken is not None for e in entries)  # the step (DirectAD: the pair of trials) or a replay
     compiled, eager = results[:3], results[3:]
-    assert any("changes between calls" in m for m in compiled[0][3])
+    assert any("changes between calls" in m for c in compiled for m in c[3])  # in the first solve, or
+    # (DirectAD: two trial steps per call, so half as many calls) in the second
     for c, e in zip(compiled, eager):
         assert not e[3]
         for x, y in zip(c[:3], e[:3]):  # the solve goes on eagerly; the steps after the hand-over may differ

@@ -217,14 +217,16 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
 
 
 def make_pair(step: Callable) -> Callable:
-    """Two trial steps of ``step`` (a :func:`make_step` of an FSAL table, ``StepOutputs.NEXT``)
-    as one traceable function: ``pair(ctrl, y, k0, rtol, atol) -> (y, [k], ctrl_2, ctrl_1)``.
+    """Two trial steps of ``step`` (a :func:`make_step` of an FSAL table) as one traceable
+    function: ``pair(ctrl, y, k0, rtol, atol) -> (y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2)``,
+    each trial's own outputs.
 
-    The second trial starts from what the first left: its end state if accepted, else the
-    same state with the shrunk step (``ctrl_1`` carries it either way), selected by
-    ``torch.where`` on the device -- the masked update of diffrax's bounded loops, so the
-    host reads both controller rows once, after the call. Same trials, same arithmetic and
-    the same result as two single calls; what it saves is one compiled call with grad (AOT
+    The second trial starts from what the first left: its end state and last stage if
+    accepted, else the same state with the shrunk step (``ctrl_1`` carries it either way),
+    selected by ``torch.where`` on the device -- the masked update of diffrax's bounded
+    loops, so the host reads both controller rows once, after the call, and takes each
+    trial's outputs as it would a single call's. Same trials, same arithmetic and the same
+    result as two single calls; what it saves is one compiled call with grad (AOT
     autograd's forward and backward wrappers, ~130 us on P2 and P1 alike) per two trial
     steps. A rejected first trial stays in the graph: its backward runs on zero cotangents
     (``torch.where``'s), which is exact when its values are finite; the host redoes a pair
@@ -235,10 +237,8 @@ def make_pair(step: Callable) -> Callable:
     def pair(ctrl, y, k0, rtol, atol):
         y_1, ks_1, ctrl_1 = step(ctrl, y, k0, rtol, atol)
         took = ctrl_1[4] > 0.5  # CTRL "accepted"
-        y_mid, k_mid = torch.where(took, y_1, y), torch.where(took, ks_1[-1], k0)
-        y_2, ks_2, ctrl_2 = step(ctrl_1, y_mid, k_mid, rtol, atol)
-        took = ctrl_2[4] > 0.5
-        return torch.where(took, y_2, y_mid), [torch.where(took, ks_2[-1], k_mid)], ctrl_2, ctrl_1
+        y_2, ks_2, ctrl_2 = step(ctrl_1, torch.where(took, y_1, y), torch.where(took, ks_1[-1], k0), rtol, atol)
+        return y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2
 
     return pair
 
@@ -399,13 +399,13 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
     return entry
 
 
-def pairs_trials(tab: ButcherTableau, opts: SolverOptions, n_saves: int, record: Record, f0: torch.Tensor) -> bool:
+def pairs_trials(tab: ButcherTableau, opts: SolverOptions, record: Record, f0: torch.Tensor) -> bool:
     """Whether a compiled adaptive solve takes its trial steps two per call (:func:`make_pair`):
-    an FSAL table (the pair hands its first trial's last stage on inside the graph), only
-    the end point saved and nothing recorded (no step serves dense output), a graph being
+    an FSAL table (the pair hands its first trial's last stage on inside the graph),
+    nothing recorded (the adjoints' forward passes run without grad anyway), a graph being
     built (``f0`` carries one: without grad a call costs ~15 us, not ~130), and
     ``trials_per_call`` not 1."""
-    return (tab.fsal and n_saves == 2 and record is None and torch.is_grad_enabled() and f0.requires_grad
+    return (tab.fsal and record is None and torch.is_grad_enabled() and f0.requires_grad
             and trials_per_call(opts.compile) == 2)
 
 
@@ -504,9 +504,13 @@ def integrate_compiled(
         # needs its stages for dense output, so the graph returns only the next first stage.
         outputs = StepOutputs.ALL if record is not None or len(ts) > 2 else StepOutputs.NEXT
         entry = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, outputs)
-        if pairs_trials(tab, opts, len(ts), record, f0):
-            pair = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, StepOutputs.NEXT, trials=2)
-            final = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, StepOutputs.NONE)
+        if pairs_trials(tab, opts, record, f0):
+            pair = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings, outputs, trials=2)
+            # The trial that ends an end-point-only solve: nothing reads its FSAL stage.
+            final = compiled_step(tab, rhs.func, opts, y0, tol_shapes, settings,
+                                  StepOutputs.NONE if outputs is StepOutputs.NEXT else outputs)
+            if pair.broken is not None or final.broken is not None:  # it failed to capture once: single trials
+                pair = final = None
     if entry.broken is not None:
         _warn_fallback(entry.broken)
         return None
@@ -555,19 +559,19 @@ def integrate_compiled(
                                       _shifted(record, i - 1), ratio_fn=ratio)
             return ys[:i] + rest[1:]
         if use is pair:
-            y_next, ks, ctrl_next, ctrl_first = out
-            rows = (ctrl_first.tolist(), ctrl_next.tolist())  # the one host sync per two trial steps
+            y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2 = out
+            rows = (ctrl_1.tolist(), ctrl_2.tolist())  # the one host sync per two trial steps
             if not (math.isfinite(rows[0][5]) and math.isfinite(rows[1][5])):
                 trials -= 2  # dropped unused, so no backward runs through its NaN/inf; redone below
                 rhs.nfe += 2 * stages  # (its evaluations were made all the same)
                 singles = True
                 continue
+            ctrl, taken = ctrl_2, ((rows[0], y_1, ks_1), (rows[1], y_2, ks_2))
         else:
-            y_next, ks, ctrl_next = out
-            rows = (ctrl_next.tolist(),)  # the one host sync per trial step
-        ctrl = ctrl_next
-        rhs.nfe += stages * n_trials
-        for row in rows:  # a pair's first row never ends the solve, and its end state is not served
+            y_next, ks, ctrl = out
+            taken = ((ctrl.tolist(), y_next, ks),)  # the one host sync per trial step
+        rhs.nfe += stages * len(taken)
+        for row, y_next, ks in taken:
             _, h_f, _, _, accepted_f, ratio_f, t_next_f, h_used = row
             last = t_next_f == ts[-1]
             if not last and abs(h_used) <= max(opts.min_step, 4 * math.ulp(abs(t_f))):
@@ -580,20 +584,16 @@ def integrate_compiled(
             if not accepted_f:
                 counters.n_rejected += 1
                 continue
+            saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
+            # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
+            # asks for it, so the last accepted step costs no evaluation (as in the eager loop).
+            k_next = LazyRHS(rhs, t_next_f, y_next, ks[-1] if tab.fsal and ks else None)
+            _serve(saves, ys, tab, h_used, y, y_next, ks, k_next)
+            if record is not None:
+                record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
             counters.n_steps += 1
-            if row is rows[-1]:
-                saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
-                # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
-                # asks for it, so the last accepted step costs no evaluation (as in the eager loop).
-                k_next = LazyRHS(rhs, t_next_f, y_next, ks[-1] if tab.fsal and ks else None)
-                _serve(saves, ys, tab, h_used, y, y_next, ks, k_next)
-                if record is not None:
-                    record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
-                y, k0 = y_next, k_next
-                singles = False
-            t_f = t_next_f
-        if use is pair and not rows[-1][4]:  # the second trial was rejected:
-            y, k0 = y_next, ks[-1]  # the pair hands back the first one's end state (or its start)
+            t_f, y, k0 = t_next_f, y_next, k_next
+            singles = False
     return ys  # type: ignore[return-value]
 
 
