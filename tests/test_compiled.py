@@ -219,12 +219,12 @@ def test_endpoint_only_solve_returns_one_stage_and_the_same_gradient(method):
     assert {k[-2] for k in steps} >= {StepOutputs.NEXT, StepOutputs.ALL}  # the endpoint-only solve, the other
 
 
-def _directad_solve(func, y0, t, rtol=1e-8, atol=1e-10, **opts):
+def _directad_solve(func, y0, t, rtol=1e-8, atol=1e-10, method="dopri5", **opts):
     """(y(t), dL/dy0, dL/dparams, (nfe, steps, rejected)) of a DirectAD solve,
     L = sum(y(t)^2) over the save times."""
     func.zero_grad()
     y0 = y0.clone().requires_grad_(True)
-    ys, st = psg.odeint(func, y0, t, rtol=rtol, atol=atol, sensealg=psg.DirectAD(),
+    ys, st = psg.odeint(func, y0, t, rtol=rtol, atol=atol, method=method, sensealg=psg.DirectAD(),
                         options={**opts, "return_stats": True})
     ys.square().sum().backward()
     grads = [p.grad.clone() for p in func.parameters()]
@@ -316,6 +316,30 @@ def test_trial_that_ends_an_endpoint_solve_with_grad_returns_no_stage():
     assert comp[3] == one[3] and comp[3][1] == 1
     _assert_same_solve(comp, one)
     assert _calls(func, StepOutputs.NONE, 1) == comp[3][1] + comp[3][2] and _calls(func, StepOutputs.NEXT, 2) == 0
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+@pytest.mark.parametrize("step_size, t1, n_saves", [(0.25, 2.0, 2), (0.25, 2.25, 2), (0.3, 2.7, 7)])
+def test_fixed_step_directad_two_steps_per_call_same_solve_as_one_and_as_eager(step_size, t1, n_saves):
+    # (8 steps; 9, the last one alone; 9 with save times between grid points.) With grad the fixed-step loop takes two grid steps per compiled call (make_fixed_pair)
+    # and one for an odd last step. Same states, saves (theta = 1 and Hermite dense output
+    # between grid points) and gradients as one step per call and as eager; the pair did
+    # the work.
+    func = Linear()
+    t = torch.linspace(0.0, t1, n_saves, dtype=torch.float64)
+    opts = dict(method="rk4", step_size=step_size)
+    eager = _directad_solve(func, Y0, t, **opts)
+    one = _directad_solve(func, Y0, t, **opts, compile={**EAGER, "trials_per_call": 1})
+    two = _directad_solve(func, Y0, t, **opts, compile=EAGER)
+    assert eager[3][1:] == one[3][1:] == two[3][1:]
+    _assert_same_solve(two, eager)
+    _assert_same_solve(two, one)
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    calls = {k[-1]: e.calls for k, e in _CACHE[func].items() if k[0] == "fixed" and k[6] is True}
+    steps = eager[3][1]
+    assert steps == round(t1 / step_size)
+    assert calls[2] == steps // 2 and calls[1] == steps + steps % 2, calls  # `one`'s solve, then the remainder
 
 
 @pytest.mark.parametrize("max_num_steps", [4, 5])
