@@ -218,8 +218,9 @@ def make_step(tab: ButcherTableau, func: Callable, ctl: PIController, max_step: 
 
 def make_pair(step: Callable) -> Callable:
     """Two trial steps of ``step`` (a :func:`make_step` of an FSAL table) as one traceable
-    function: ``pair(ctrl, y, k0, rtol, atol) -> (y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2)``,
-    each trial's own outputs.
+    function: ``pair(ctrl, y, k0, rtol, atol) -> (y_1, ks_1, y_2, ks_2, ctrl_2, rows)``,
+    each trial's own outputs, the controller state for the next call and both trials'
+    controller rows stacked (``(2, len(CTRL))``: one host read, one device sync on CUDA).
 
     The second trial starts from what the first left: its end state and last stage if
     accepted, else the same state with the shrunk step (``ctrl_1`` carries it either way),
@@ -238,7 +239,7 @@ def make_pair(step: Callable) -> Callable:
         y_1, ks_1, ctrl_1 = step(ctrl, y, k0, rtol, atol)
         took = ctrl_1[4] > 0.5  # CTRL "accepted"
         y_2, ks_2, ctrl_2 = step(ctrl_1, torch.where(took, y_1, y), torch.where(took, ks_1[-1], k0), rtol, atol)
-        return y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2
+        return y_1, ks_1, y_2, ks_2, ctrl_2, torch.stack([ctrl_1, ctrl_2])
 
     return pair
 
@@ -559,8 +560,8 @@ def integrate_compiled(
                                       _shifted(record, i - 1), ratio_fn=ratio)
             return ys[:i] + rest[1:]
         if use is pair:
-            y_1, ks_1, ctrl_1, y_2, ks_2, ctrl_2 = out
-            rows = (ctrl_1.tolist(), ctrl_2.tolist())  # the one host sync per two trial steps
+            y_1, ks_1, y_2, ks_2, ctrl_2, both = out
+            rows = both.tolist()  # the one host sync per two trial steps
             if not (math.isfinite(rows[0][5]) and math.isfinite(rows[1][5])):
                 trials -= 2  # dropped unused, so no backward runs through its NaN/inf; redone below
                 rhs.nfe += 2 * stages  # (its evaluations were made all the same)
