@@ -130,6 +130,34 @@ def test_no_recompile_over_100_calls_with_random_times():
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_directad_pairs_do_not_recompile_over_60_calls_with_random_times():
+    # With grad, DirectAD's solves run on the pair of trial steps, the end step (no stage)
+    # and the single step with all stages: none of them recompiles for new t, step sizes,
+    # save times or y0 (end point only, and three save times, alternately).
+    from torch._dynamo.utils import counters
+
+    func = Linear()
+    gen = torch.Generator().manual_seed(2)
+
+    def solve(t):
+        y0 = torch.randn(3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+        ys = psg.odeint(func, y0, t, rtol=1e-6, atol=1e-8, sensealg=psg.DirectAD(), options={"compile": EAGER})
+        ys.square().sum().backward()
+        assert torch.isfinite(y0.grad).all()
+
+    for k in range(4):  # every graph once: a short end-point-only solve ends on a single trial
+        t = random_times(gen)
+        solve(t[[0, -1]] if k % 2 else t)
+    solve(torch.tensor([0.0, 1e-3], dtype=torch.float64))
+    recompiles = sum(counters["recompiles"].values())
+    with torch.compiler.set_stance("fail_on_recompile"):  # a recompile raises here
+        for k in range(60):
+            t = random_times(gen)
+            solve(t[[0, -1]] if k % 2 else t)
+    assert sum(counters["recompiles"].values()) == recompiles
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
 def test_checkpoint_adjoint_gradient_matches_eager():
     # The forward records the same accepted steps and the compiled replay is the same step
     # map, so the gradient equals the eager one to rounding.
