@@ -42,8 +42,9 @@ class SolverOptions:
                    (backend, mode, options), runs the trial step compiled (``compiled.py``).
                    On CPU inductor calls ATen's tanh and runs each step from its C++
                    wrapper (``aten_math.py``; options you pass win). Our own key
-                   ``trials_per_call`` (2, the default, or 1): with grad, end-point-only
-                   solves of FSAL tables take two trial steps per compiled call.
+                   ``trials_per_call`` (2, the default, or 1): with grad (DirectAD) the
+                   adaptive loop of FSAL tables and the fixed-step loop take two steps
+                   per compiled call (``compiled.make_pair``, ``make_fixed_pair``).
     max_order, max_iters   Adams methods only (``adams.py``): highest order (default 12) and
                    corrector iterations of implicit_adams (default 4).
     jump_t         adaptive methods: times where f is discontinuous. Steps end exactly on
