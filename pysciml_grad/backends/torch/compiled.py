@@ -228,7 +228,7 @@ def make_pair(step: Callable) -> Callable:
     loops, so the host reads both controller rows once, after the call, and takes each
     trial's outputs as it would a single call's. Same trials, same arithmetic and the same
     result as two single calls; what it saves is one compiled call with grad (AOT
-    autograd's forward and backward wrappers, ~130 us on P2 and P1 alike) per two trial
+    autograd's forward and backward wrappers, roughly 100-150 us a call) per two trial
     steps. A rejected first trial stays in the graph: its backward runs on zero cotangents
     (``torch.where``'s), which is exact when its values are finite; the host redoes a pair
     with a non-finite trial one trial at a time (0 times NaN is NaN).
@@ -404,7 +404,8 @@ def pairs_trials(tab: ButcherTableau, opts: SolverOptions, record: Record, f0: t
     """Whether a compiled adaptive solve takes its trial steps two per call (:func:`make_pair`):
     an FSAL table (the pair hands its first trial's last stage on inside the graph),
     nothing recorded (the adjoints' forward passes run without grad anyway), a graph being
-    built (``f0`` carries one: without grad a call costs ~15 us, not ~130), and
+    built (``f0`` carries one: without grad a trivial call costs ~16 us, with grad ~32 us
+    forward and ~70 us backward), and
     ``trials_per_call`` not 1."""
     return (tab.fsal and record is None and torch.is_grad_enabled() and f0.requires_grad
             and trials_per_call(opts.compile) == 2)
@@ -981,7 +982,7 @@ def make_fixed_pair(step: Callable) -> Callable:
     """Two consecutive steps of a :func:`make_fixed_step` as one traceable function:
     ``pair(t, h, t_mid, h_2, t_next, y, k0) -> (y_mid, ks_1, k_mid, y_next, ks_2, k_next)``,
     each step's own outputs. The grid is known, so nothing is masked and no step is wasted;
-    with grad it halves the compiled calls, each ~130 us of AOT autograd's wrappers (see
+    with grad it halves the compiled calls, each roughly 100-150 us of AOT autograd's wrappers (see
     :func:`make_pair`)."""
 
     def pair(t, h, t_mid, h_2, t_next, y, k0):
