@@ -276,10 +276,10 @@ def _calls(func, outputs, trials):
 def test_directad_two_trials_per_call_same_solve_as_one_and_as_eager(n_saves, backwards):
     # A DirectAD solve of an FSAL table takes its trial steps two per compiled call
     # (make_pair); the first step, 1.5 of an interval of 4, is rejected inside the first
-    # pair, so the second trial (the retry) starts from the masked state. Same trials, saves
-    # and gradients (to y0 and A, through the masked selections and the dense output of
-    # both trials' stages) as one trial per call and as the eager loop, and the pair graph
-    # did the work.
+    # pair, which is then dropped and its trials redone one per call. Same trials, saves
+    # and gradients (to y0 and A, through the dense output of both trials' stages) as one
+    # trial per call and as the eager loop; the pairs did the rest of the work, and each
+    # dropped pair's 2 x 6 evaluations are counted.
     from pysciml_grad.backends.torch.compiled import StepOutputs
 
     func = Linear()
@@ -290,13 +290,15 @@ def test_directad_two_trials_per_call_same_solve_as_one_and_as_eager(n_saves, ba
     one = _directad_solve(func, Y0, t, first_step=1.5, compile={**EAGER, "trials_per_call": 1})
     assert _calls(func, outputs, 2) == 0
     two = _directad_solve(func, Y0, t, first_step=1.5, compile=EAGER)
-    assert eager[3][2] >= 1 and eager[3] == one[3] == two[3]  # a rejection, and the same work
+    assert eager[3][2] >= 1 and eager[3] == one[3] and two[3][1:] == one[3][1:]  # a rejection, the same trials
     _assert_same_solve(two, eager)
     _assert_same_solve(two, one)
+    dropped, extra = divmod(two[3][0] - one[3][0], 2 * 6)
+    assert dropped >= 1 and extra == 0
     trials = eager[3][1] + eager[3][2]
     pairs, single = _calls(func, outputs, 2), _calls(func, outputs, 1) - trials  # less the solve of `one`
     final = _calls(func, StepOutputs.NONE, 1) if n_saves == 2 else 0
-    assert pairs >= 1 and 2 * pairs + single + final == trials, (pairs, single, final)
+    assert pairs > dropped and 2 * (pairs - dropped) + single + final == trials, (pairs, dropped, single, final)
 
 
 class SqrtDecay(torch.nn.Module):
@@ -330,6 +332,37 @@ def test_pair_with_a_nonfinite_trial_is_redone_one_trial_at_a_time():
     assert torch.allclose(comp[0][-1], exact, rtol=1e-2, atol=0)  # (rtol 1e-3 per step)
     _assert_same_solve(comp, eager)
     assert eager[3][2] >= 1 and comp[3][1:] == eager[3][1:] and comp[3][0] == eager[3][0] + 2 * 6  # one pair dropped
+
+
+class GuardedSqrt(torch.nn.Module):
+    """dy/dt = -w (y - 0.5) + 1e-3 sqrt(y - 0.45) where y > 0.45, else the same without the
+    root: finite everywhere, but the derivative of the root's branch is NaN below 0.45
+    (torch.where differentiates both branches; the untaken one's NaN times 0 is NaN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(5.0, dtype=torch.float64))
+
+    def forward(self, t, y):
+        safe = torch.where(y > 0.45, (y - 0.45).sqrt(), torch.zeros_like(y))
+        return -self.w * (y - 0.5) + 1e-3 * safe
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+def test_pair_with_a_rejected_trial_whose_derivative_is_nan_is_dropped():
+    # The first trial (h = 0.4) is rejected with a finite error ratio, but its stages go
+    # below 0.45, where func's derivative is NaN (the guarded sqrt); the second trial is
+    # accepted. Kept, the pair's backward would multiply that NaN by the rejected trial's
+    # zero cotangent: dL/dw NaN where eager's is finite (found in review). Every pair with a
+    # rejected trial is dropped and redone one trial per call: eager's gradient.
+    func = GuardedSqrt()
+    y0 = torch.tensor([1.0, 0.9], dtype=torch.float64)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    tol = dict(rtol=1e-3, atol=1e-8, first_step=0.4)
+    eager = _directad_solve(func, y0, t, **tol)
+    comp = _directad_solve(func, y0, t, **tol, compile=EAGER)
+    _assert_same_solve(comp, eager)
+    assert eager[3][2] >= 1 and comp[3][1:] == eager[3][1:]
 
 
 @pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
@@ -372,6 +405,25 @@ def test_fixed_step_directad_two_steps_per_call_same_solve_as_one_and_as_eager(s
     assert calls[2] == steps // 2 and calls[1] == steps + steps % 2, calls  # `one`'s solve, then the remainder
 
 
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+@pytest.mark.parametrize("n_saves", [2, 4])
+def test_compiled_fixed_step_follows_grid_constructor(n_saves):
+    # options['grid_constructor'] (torchdiffeq's) gives the step points; the compiled
+    # fixed-step loop stepped on t alone (found in review: 1 rk4 step instead of 3, y off by
+    # 1.7e-2). Same grid, states, saves (Hermite between grid points) and gradients as eager.
+    func = Linear()
+    t = torch.linspace(0.0, 1.0, n_saves, dtype=torch.float64)
+
+    def grid(f, y0, tt):
+        return torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
+
+    opts = dict(method="rk4", grid_constructor=grid)
+    eager = _directad_solve(func, Y0, t, **opts)
+    comp = _directad_solve(func, Y0, t, **opts, compile=EAGER)
+    assert eager[3][1] == comp[3][1] == 3
+    _assert_same_solve(comp, eager)
+
+
 @pytest.mark.parametrize("max_num_steps", [4, 5])
 def test_max_num_steps_counts_the_trials_of_a_pair(max_num_steps):
     # Two trials per call never run past max_num_steps: the error comes at the same trial,
@@ -388,7 +440,7 @@ def test_max_num_steps_counts_the_trials_of_a_pair(max_num_steps):
     assert messages[0] == messages[1], messages
 
 
-@pytest.mark.parametrize("value", [3, 0, True, "2"])
+@pytest.mark.parametrize("value", [3, 0, True, "2", 2.0])
 def test_trials_per_call_must_be_1_or_2(value):
     with pytest.raises(InvalidProblemError, match="trials_per_call"):
         psg.odeint(FUNC, Y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"compile": {"trials_per_call": value}})

@@ -54,6 +54,7 @@ from .integrate import (
     Counters,
     LazyRHS,
     Record,
+    _constructed_grid,
     _nonfinite_trial,
     _saves_in_step,
     _serve,
@@ -536,7 +537,9 @@ def integrate_compiled(
     stages = tab.stages - 1
     i, trials = 1, 0
     nonfinite_from: Optional[float] = None
-    singles = False  # after a pair with a non-finite trial: one trial per call until a step is accepted
+    # After a dropped pair: trials one per call until two in a row are accepted, so the
+    # trouble the pair met is behind before the next pair.
+    singles, accepted_run = False, 0
     while i < len(ts):
         use = entry
         if pair is not None:
@@ -563,10 +566,15 @@ def integrate_compiled(
         if use is pair:
             y_1, ks_1, y_2, ks_2, ctrl_2, both = out
             rows = both.tolist()  # the one host sync per two trial steps
-            if not (math.isfinite(rows[0][5]) and math.isfinite(rows[1][5])):
-                trials -= 2  # dropped unused, so no backward runs through its NaN/inf; redone below
+            if not (rows[0][4] and rows[1][4]):
+                # A rejected trial stays in the pair's graph: its backward would run on zero
+                # cotangents, and 0 times a NaN/inf derivative is NaN (func's VJP can be
+                # non-finite where its values are not: sqrt or log behind a torch.where,
+                # reached by a too-large trial step). So the pair is dropped unused (no
+                # backward runs through it) and its trials are redone one per call.
+                trials -= 2
                 rhs.nfe += 2 * stages  # (its evaluations were made all the same)
-                singles = True
+                singles, accepted_run = True, 0
                 continue
             ctrl, taken = ctrl_2, ((rows[0], y_1, ks_1), (rows[1], y_2, ks_2))
         else:
@@ -581,10 +589,12 @@ def integrate_compiled(
             if not math.isfinite(ratio_f):
                 nonfinite_from = _nonfinite_trial(k0, t_f, abs(h_used), nonfinite_from)
                 counters.n_rejected += 1
+                accepted_run = 0
                 continue
             nonfinite_from = None
             if not accepted_f:
                 counters.n_rejected += 1
+                accepted_run = 0
                 continue
             saves, i = _saves_in_step(ts, ts, i, t_f, h_used, t_next_f, direction, True)
             # Not FSAL: f(t_next, y_next) is evaluated when dense output or the next trial
@@ -595,7 +605,8 @@ def integrate_compiled(
                 record(AcceptedStep(t_f, h_used, y, saves, ks=ks))
             counters.n_steps += 1
             t_f, y, k0 = t_next_f, y_next, k_next
-            singles = False
+            accepted_run += 1
+            singles = singles and accepted_run < 2
     return ys  # type: ignore[return-value]
 
 
@@ -996,11 +1007,14 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
                              f0: torch.Tensor, opts: SolverOptions, counters: Counters,
                              record: Record = None) -> Optional[List[torch.Tensor]]:
     """``integrate.integrate_fixed`` for a Runge-Kutta table on the compiled step: the grid
-    (the save times, or equal steps of ``step_size``) is one float64 device tensor, and
-    save times inside a step come from the same cubic Hermite interpolant, eagerly."""
+    (the save times, equal steps of ``step_size``, or the points ``grid_constructor``
+    returns) is one float64 device tensor, and save times inside a step come from the same
+    cubic Hermite interpolant, eagerly."""
     ts = [as_float(x) for x in t_save]
     n = fixed_grid(ts, opts.step_size)
-    if n is None:
+    if opts.grid_constructor is not None:  # (this loop used to ignore it and step on t alone)
+        grid_f = [as_float(x) for x in _constructed_grid(opts.grid_constructor, rhs, y0, t_save, ts)]
+    elif n is None:
         grid_f = list(ts)
     else:
         grid_f = [ts[0] + (ts[-1] - ts[0]) * (j / n) for j in range(n)] + [ts[-1]]

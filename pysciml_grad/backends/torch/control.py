@@ -157,7 +157,7 @@ def _compile(name: str, value: Any) -> Any:
                 "(fullgraph=True and dynamic=None are fixed: the step is one graph, of static shapes at first)"
             )
         trials = value.get(TRIALS_PER_CALL, TRIALS_PER_CALL_VALUES[-1])
-        if isinstance(trials, bool) or trials not in TRIALS_PER_CALL_VALUES:
+        if type(trials) is not int or trials not in TRIALS_PER_CALL_VALUES:  # not True, not 2.0
             raise InvalidProblemError(
                 f"{name}[{TRIALS_PER_CALL!r}] must be one of {list(TRIALS_PER_CALL_VALUES)} (trial steps per compiled "
                 f"call; 1 compiles no pair graph), got {trials!r}"
