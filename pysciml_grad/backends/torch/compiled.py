@@ -230,11 +230,11 @@ def make_pair(step: Callable) -> Callable:
     trial's outputs as it would a single call's. Same trials, same arithmetic and the same
     result as two single calls; what it saves is one compiled call with grad (AOT
     autograd's forward and backward wrappers, roughly 100-150 us a call) per two trial
-    steps. A rejected first trial stays in the graph: its backward runs on zero cotangents
-    (``torch.where``'s), which is exact when its values are finite; the host redoes a pair
-    with a non-finite trial one trial at a time (0 times NaN is NaN).
-    The host calls it only when the first trial cannot reach the end point, so the second
-    trial is always one the solve needs."""
+    steps. A rejected trial would stay in the graph with its backward on zero cotangents,
+    and func's VJP can be NaN where its values are finite (0 times NaN is NaN), so the host
+    keeps a pair only when both trials were accepted, and otherwise redoes them one per
+    call. The host calls it only when the first trial cannot reach the end point, so the
+    second trial is always one the solve needs."""
 
     def pair(ctrl, y, k0, rtol, atol):
         y_1, ks_1, ctrl_1 = step(ctrl, y, k0, rtol, atol)
