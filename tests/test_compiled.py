@@ -424,6 +424,47 @@ def test_compiled_fixed_step_follows_grid_constructor(n_saves):
     _assert_same_solve(comp, eager)
 
 
+class ZLogp(torch.nn.Module):
+    """A structured state (z, logp), FFJORD's shape: dz/dt = z A^T, dlogp/dt = -|z|^2."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = torch.nn.Parameter(A.clone())
+
+    def forward(self, t, state):
+        z, _ = state
+        return z @ self.A.T, -(z**2).sum(-1)
+
+
+@pytest.mark.filterwarnings("error::pysciml_grad.errors.CompileFallbackWarning")  # it must really compile
+@pytest.mark.parametrize("sensealg", [None, psg.DirectAD()], ids=["no_grad", "DirectAD"])
+def test_structured_state_compiles_once_not_once_per_solve(sensealg):
+    # odeint wraps func in a new StructuredFunc on every call; the compiled steps were keyed
+    # by that wrapper, so every solve of a (z, logp) state compiled again (found in review).
+    # Keyed by the user's func and the structure: the second and third solves compile
+    # nothing, and give eager's values and gradients.
+    from torch._dynamo.utils import counters
+
+    func = ZLogp()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    z0, l0 = Y0.clone(), torch.zeros(3, dtype=torch.float64)
+    graphs = []
+    out = {}
+    for opts in ({"compile": EAGER}, {"compile": EAGER}, {"compile": EAGER}, {}):
+        func.zero_grad()
+        before = counters["stats"]["unique_graphs"]
+        with torch.set_grad_enabled(sensealg is not None):
+            zs, ls = psg.odeint(func, (z0, l0), t, rtol=1e-8, atol=1e-10, options=opts,
+                                **({} if sensealg is None else {"sensealg": sensealg}))
+            if sensealg is not None:
+                (zs.square().sum() + ls.sum()).backward()
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        out["compiled" if opts else "eager"] = (zs.detach(), ls.detach(), None if sensealg is None else func.A.grad.clone())
+    assert graphs[0] >= 1 and graphs[1:3] == [0, 0], graphs
+    for a, b in zip(out["compiled"], out["eager"]):
+        assert a is None or torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("max_num_steps", [4, 5])
 def test_max_num_steps_counts_the_trials_of_a_pair(max_num_steps):
     # Two trials per call never run past max_num_steps: the error comes at the same trial,

@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ...errors import CompileFallbackWarning, MaxStepsExceededError, NonFiniteStateError
+from ...pytree import StructuredFunc
 from .callbacks import StepCallbacks
 from .control import PIController, SolverOptions, initial_step
 from .integrate import (
@@ -281,12 +282,20 @@ def _cache_slot(func: Callable) -> Tuple[Dict[Tuple, CompiledStep], Any, Tuple]:
     """``(table, inner, prefix)`` for caching a compiled function of ``func``: the weak
     table of its owner (func, or a bound method's ``__self__``), the bound method's
     function (``None`` for a plain func) for the key, and ``(id(func),)`` to put in front
-    of the key when func cannot be weakly referenced (then the table is ``_UNOWNED``)."""
+    of the key when func cannot be weakly referenced (then the table is ``_UNOWNED``).
+
+    A structured state's ``StructuredFunc`` is a new wrapper on every ``odeint`` call, so
+    it is keyed by the user's func and the structure instead: keyed by the wrapper, every
+    solve of a ``(z, logp)`` state compiled its steps again. A cached step keeps the first
+    wrapper, which computes what any later one of the same func and structure does."""
+    prefix: Tuple = ()
+    if isinstance(func, StructuredFunc):
+        prefix, func = (StructuredFunc, func.structure), func.base_func
     owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
     try:
-        return _CACHE.setdefault(owner, {}), inner, ()
+        return _CACHE.setdefault(owner, {}), inner, prefix
     except TypeError:
-        return _UNOWNED, inner, (id(func),)
+        return _UNOWNED, inner, (id(func),) + prefix
 
 
 def _call(entry: CompiledStep, *args, warn: bool = True):
