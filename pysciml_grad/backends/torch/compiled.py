@@ -74,14 +74,19 @@ Scalar = Union[float, torch.Tensor]
 COMPILE_KEYWORDS = ("backend", "mode", "options")
 
 #: Our own keyword in the same mapping: how many trial steps one compiled call may take
-#: (:func:`make_pair`; 2, the default, applies where :func:`pairs_trials` says, 1 never pairs).
+#: (:func:`make_pair`; 2, the default, applies where :func:`pairs_wanted` says, 1 never pairs).
 TRIALS_PER_CALL = "trials_per_call"
 TRIALS_PER_CALL_VALUES = (1, 2)
 
 
-def trials_per_call(value: Any) -> int:
-    """``options["compile"]``'s trials per call (validated by ``control.SolverOptions``)."""
-    return value.get(TRIALS_PER_CALL, 2) if isinstance(value, Mapping) else 2
+def pairs_wanted(opts: SolverOptions, f0: torch.Tensor) -> bool:
+    """Two steps per compiled call pay off: a graph is being built (``f0`` carries one:
+    without grad a trivial call costs ~16 us, with grad ~32 us forward and ~70 us backward)
+    and ``options["compile"]`` does not ask for one trial per call (validated by
+    ``control.SolverOptions``; the default is the last of TRIALS_PER_CALL_VALUES)."""
+    value = opts.compile
+    trials = value.get(TRIALS_PER_CALL, TRIALS_PER_CALL_VALUES[-1]) if isinstance(value, Mapping) else TRIALS_PER_CALL_VALUES[-1]
+    return trials == 2 and torch.is_grad_enabled() and f0.requires_grad
 
 
 def compile_settings(value: Any, device: torch.device) -> Dict[str, Any]:
@@ -413,12 +418,9 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
 def pairs_trials(tab: ButcherTableau, opts: SolverOptions, record: Record, f0: torch.Tensor) -> bool:
     """Whether a compiled adaptive solve takes its trial steps two per call (:func:`make_pair`):
     an FSAL table (the pair hands its first trial's last stage on inside the graph),
-    nothing recorded (the adjoints' forward passes run without grad anyway), a graph being
-    built (``f0`` carries one: without grad a trivial call costs ~16 us, with grad ~32 us
-    forward and ~70 us backward), and
-    ``trials_per_call`` not 1."""
-    return (tab.fsal and record is None and torch.is_grad_enabled() and f0.requires_grad
-            and trials_per_call(opts.compile) == 2)
+    nothing recorded (the adjoints' forward passes run without grad anyway), and
+    :func:`pairs_wanted`."""
+    return tab.fsal and record is None and pairs_wanted(opts, f0)
 
 
 def eager_reason(tab: Optional[ButcherTableau], opts: SolverOptions, differentiate_control: bool,
@@ -1051,8 +1053,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
         return None
     # With grad (DirectAD) two steps per call, as the adaptive loop's pairs; the single step
     # takes an odd last one (compiled then, on first use).
-    pair = compiled_fixed(2) if (torch.is_grad_enabled() and f0.requires_grad and not graphed
-                                 and trials_per_call(opts.compile) == 2) else None
+    pair = compiled_fixed(2) if pairs_wanted(opts, f0) and not graphed else None
     if pair is not None and pair.broken is not None:
         pair = None
     grid = torch.tensor(grid_f, dtype=torch.float64, device=y0.device)
@@ -1064,7 +1065,8 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
     while j < n_steps:
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were copied
-        if pair is not None and j + 2 <= n_steps:
+        paired = pair is not None and j + 2 <= n_steps
+        if paired:
             out = _call(pair, times[j], steps[j], times[j + 1], steps[j + 1], times[j + 2], y, k0)
         else:
             out = _call(entry, times[j], steps[j], times[j + 1], y, k0)
@@ -1072,7 +1074,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
             rest = integrate_fixed(rhs, tab, [grid_f[j]] + ts[i:], y, k0, _resumed(opts, None, j), counters,
                                    _shifted(record, i - 1))
             return ys[:i] + rest[1:]
-        for y_next, ks, k_next in (out[:3], out[3:]) if len(out) == 6 else (out,):
+        for y_next, ks, k_next in (out[:3], out[3:]) if paired else (out,):
             if graphed:
                 # A CUDA graph replays into the same output buffers: keep copies of what
                 # outlives this step (the next call's inputs, and the record's stages).
