@@ -851,3 +851,32 @@ def test_a_counter_on_a_module_attribute_counts_the_compiled_evaluations_and_sto
             _, stats = psg.odeint(func, Y0, t, rtol=1e-8, atol=1e-10, options={"compile": EAGER, "return_stats": True})
             assert func.nfe == stats.nfe > 20
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compiled_cache_lets_a_dropped_func_go():
+    """The cache is weakly keyed on func; its graphs used to close over func, so every
+    compiled func stayed alive (the weakref below survived gc.collect)."""
+    import gc
+    import weakref
+
+    from pysciml_grad.backends.torch.compiled import _CACHE
+
+    func = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    model = Wrapped(func)
+    y0 = torch.tensor([[1.0, 0.5]], requires_grad=True)
+    ys = psg.odeint(model, y0, torch.tensor([0.0, 1.0]), sensealg=psg.DirectAD(), options={"compile": EAGER})
+    ys.square().sum().backward()
+    assert model in _CACHE
+    ref = weakref.ref(model)
+    del model, func, ys
+    gc.collect()
+    assert ref() is None

@@ -278,29 +278,64 @@ class CompiledStep:
 
 
 #: owner object (func, or a bound method's __self__) -> {key: CompiledStep}. Weak, so a
-#: model that is dropped takes its compiled steps with it.
+#: model that is dropped takes its compiled steps with it: the graphs reach func through a
+#: weak reference (:func:`_weak_call`), since a value that refers to its own key keeps a
+#: WeakKeyDictionary entry alive forever.
 _CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple, CompiledStep]]" = weakref.WeakKeyDictionary()
 _UNOWNED: Dict[Tuple, CompiledStep] = {}  # funcs that cannot be weakly referenced
 
 
-def _cache_slot(func: Callable) -> Tuple[Dict[Tuple, CompiledStep], Any, Tuple]:
-    """``(table, inner, prefix)`` for caching a compiled function of ``func``: the weak
-    table of its owner (func, or a bound method's ``__self__``), the bound method's
-    function (``None`` for a plain func) for the key, and ``(id(func),)`` to put in front
-    of the key when func cannot be weakly referenced (then the table is ``_UNOWNED``).
+@dataclass(frozen=True)
+class CacheSlot:
+    """Where the compiled functions of one func live and how they call it.
+
+    ``table``: the weak table of func's owner (func, or a bound method's ``__self__``), or
+    ``_UNOWNED``; ``inner``: the bound method's function (``None`` for a plain func), part
+    of the key; ``prefix``: put in front of the key (``(id(func),)`` for an unowned func,
+    the structure for a structured state); ``func``: func as the traced functions call it,
+    holding no strong reference to the owner."""
+
+    table: Dict[Tuple, "CompiledStep"]
+    inner: Any
+    prefix: Tuple
+    func: Callable
+
+
+def _weak_call(owner: Any, inner: Any) -> Callable:
+    """``owner(*args)`` (or ``inner(owner, *args)`` for a bound method) through a weak
+    reference to ``owner``. Dynamo traces the dereference (its ``WeakRefVariable``: the
+    referent is guarded and its parameters are graph inputs, as for a module in a closure),
+    so the compiled graph is the same; the host holds func for as long as a solve runs."""
+    ref = weakref.ref(owner)
+    if inner is None:
+        def call(*args):
+            return ref()(*args)
+    else:
+        def call(*args):
+            return inner(ref(), *args)
+    return call
+
+
+def _cache_slot(func: Callable) -> CacheSlot:
+    """The :class:`CacheSlot` of ``func``.
 
     A structured state's ``StructuredFunc`` is a new wrapper on every ``odeint`` call, so
     it is keyed by the user's func and the structure instead: keyed by the wrapper, every
-    solve of a ``(z, logp)`` state compiled its steps again. A cached step keeps the first
-    wrapper, which computes what any later one of the same func and structure does."""
+    solve of a ``(z, logp)`` state compiled its steps again. The cached functions call a
+    wrapper of their own around the weakly referenced user func."""
     prefix: Tuple = ()
+    structure = None
     if isinstance(func, StructuredFunc):
-        prefix, func = (StructuredFunc, func.structure), func.base_func
+        structure = func.structure
+        prefix, func = (StructuredFunc, structure), func.base_func
     owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
     try:
-        return _CACHE.setdefault(owner, {}), inner, prefix
+        table = _CACHE.setdefault(owner, {})
     except TypeError:
-        return _UNOWNED, inner, (id(func),) + prefix
+        table, prefix, call = _UNOWNED, (id(func),) + prefix, func
+    else:
+        call = _weak_call(owner, inner)
+    return CacheSlot(table, inner, prefix, call if structure is None else StructuredFunc(call, structure))
 
 
 def _call(entry: CompiledStep, *args, warn: bool = True):
@@ -403,15 +438,15 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
     """The cached compiled step for this (tableau, func, shapes, dtype, device, settings,
     ``outputs``: see :func:`make_step`); ``trials=2``: the :func:`make_pair` of it. Nothing
     is traced until the first call."""
-    table, inner, prefix = _cache_slot(func)
-    key = prefix + (tab, inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
-                    opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    settings_key(settings), outputs, trials)
-    entry = table.get(key)
+    slot = _cache_slot(func)
+    key = slot.prefix + (tab, slot.inner, tuple(y.shape), y.dtype, y.device, tol_shapes, torch.is_grad_enabled(),
+                         opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
+                         settings_key(settings), outputs, trials)
+    entry = slot.table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = make_step(tab, func, ctl, opts.max_step, outputs=outputs)
-        entry = table[key] = _compile(_fresh_code(make_pair(fn) if trials == 2 else fn), settings)
+        fn = make_step(tab, slot.func, ctl, opts.max_step, outputs=outputs)
+        entry = slot.table[key] = _compile(_fresh_code(make_pair(fn) if trials == 2 else fn), settings)
     return entry
 
 
@@ -676,22 +711,22 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
                        blocks: Sequence[Tuple[int, int]], ratio: Callable, record: Record, table: Tuple = (),
                        f64_times: bool = False) -> Optional[List[torch.Tensor]]:
     """One save interval of a continuous adjoint's backward solve on the compiled adaptive
-    step of ``make_aug()`` (cached under ``kind``) with the mixed ``ratio``: the eager
+    step of ``make_aug(func)`` (cached under ``kind``; func as :class:`CacheSlot` calls it) with the mixed ``ratio``: the eager
     solve's error norm and controller, so the same steps. ``table``: tensors passed before
     the parameters (graph inputs; their shapes are in the key). None (with a
     :class:`CompileFallbackWarning`) when func cannot be captured."""
     settings = compile_settings(opts.compile, s0.device)
     func, ps = rhs.func, rhs.params
-    cache, inner, prefix = _cache_slot(func)
-    key = prefix + (kind, tab, inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
+    slot = _cache_slot(func)
+    key = slot.prefix + (kind, tab, slot.inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
                     tuple((tuple(x.shape), x.dtype) for x in table),
                     tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
                     settings_key(settings))
-    entry = cache.get(key)
+    entry = slot.table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = _fresh_code(make_step(tab, make_aug(), ctl, opts.max_step, ratio, f64_times))
-        entry = cache[key] = _compile(fn, settings)
+        fn = _fresh_code(make_step(tab, make_aug(slot.func), ctl, opts.max_step, ratio, f64_times))
+        entry = slot.table[key] = _compile(fn, settings)
     with _tracing_autograd():
         return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
                                   entry=entry, extra=tuple(table) + tuple(ps), ratio=ratio)
@@ -705,7 +740,7 @@ def integrate_backsolve(rhs, tab: ButcherTableau, t_from: float, t_to: float, s0
     (with a :class:`CompileFallbackWarning`) when func cannot be captured. ``rhs`` is the
     eager :class:`~.adjoints.continuous.AdjointRHS` (its ``func``, ``params``, ``shape``
     and nfe count): it made ``f0`` (with its graph check) and makes the initial-step probe."""
-    return _integrate_adjoint("backsolve", lambda: make_backsolve_rhs(rhs.func, tuple(rhs.shape), rhs.n), rhs, tab,
+    return _integrate_adjoint("backsolve", lambda func: make_backsolve_rhs(func, tuple(rhs.shape), rhs.n), rhs, tab,
                               t_from, t_to, s0, f0, rtol, atol, opts, blocks, ratio, record)
 
 
@@ -719,7 +754,7 @@ def integrate_interpolating(rhs, tab: ButcherTableau, t_from: float, t_to: float
     :func:`integrate_backsolve` otherwise. QuadratureAdjoint's parameter quadrature runs
     on the accepted steps this reports to ``record``, as in the eager solve."""
     kind = "interpolating" if rhs.params else "quadrature"
-    return _integrate_adjoint(kind, lambda: make_interpolating_rhs(rhs.func, tuple(rhs.shape), rhs.n), rhs, tab,
+    return _integrate_adjoint(kind, lambda func: make_interpolating_rhs(func, tuple(rhs.shape), rhs.n), rhs, tab,
                               t_from, t_to, s0, f0, rtol, atol, opts, blocks, ratio, record, table.tensors(),
                               f64_times=True)
 
@@ -792,14 +827,14 @@ def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTable
                    opts: SolverOptions) -> CompiledPanel:
     """The cached :class:`CompiledPanel` (keyed as :func:`compiled_step`, plus the table's shapes)."""
     settings = compile_settings(opts.compile, a.device)
-    cache, inner, prefix = _cache_slot(func)
-    key = prefix + ("quadrature_panel", adj_tab, inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
+    slot = _cache_slot(func)
+    key = slot.prefix + ("quadrature_panel", adj_tab, slot.inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
                     a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
                     settings_key(settings))
-    entry = cache.get(key)
+    entry = slot.table.get(key)
     if entry is None:
-        fn = _fresh_code(make_quadrature_panel(func, tuple(shape), adj_tab, nodes, weights))
-        entry = cache[key] = _compile(fn, settings)
+        fn = _fresh_code(make_quadrature_panel(slot.func, tuple(shape), adj_tab, nodes, weights))
+        entry = slot.table[key] = _compile(fn, settings)
     return CompiledPanel(entry, adj_tab.dense is None, table)
 
 
@@ -946,8 +981,9 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     (:func:`make_replay_vjp`: ``tab``, and ``full_tab`` with its dense stages seeded when
     that table has a continuous extension), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile, y.device)
-    table, inner, prefix = _cache_slot(func)
-    rest = (tab, inner, tuple(y.shape), y.dtype, y.device, settings_key(settings))
+    slot = _cache_slot(func)
+    table, prefix, func = slot.table, slot.prefix, slot.func
+    rest = (tab, slot.inner, tuple(y.shape), y.dtype, y.device, settings_key(settings))
     key = prefix + ("replay",) + rest
     entry = table.get(key)
     if entry is None:
@@ -1036,15 +1072,15 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
         )
     settings = fixed_step_settings(compile_settings(opts.compile, y0.device), y0.device, torch.is_grad_enabled())
     graphed = settings.get("mode") in CUDA_GRAPH_MODES
-    table, inner, prefix = _cache_slot(rhs.func)
+    slot = _cache_slot(rhs.func)
 
     def compiled_fixed(steps_per_call: int) -> CompiledStep:
-        key = prefix + ("fixed", tab, inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
-                        settings_key(settings), steps_per_call)
-        entry = table.get(key)
+        key = slot.prefix + ("fixed", tab, slot.inner, tuple(y0.shape), y0.dtype, y0.device, torch.is_grad_enabled(),
+                             settings_key(settings), steps_per_call)
+        entry = slot.table.get(key)
         if entry is None:
-            fn = make_fixed_step(tab, rhs.func)
-            entry = table[key] = _compile(_fresh_code(make_fixed_pair(fn) if steps_per_call == 2 else fn), settings)
+            fn = make_fixed_step(tab, slot.func)
+            entry = slot.table[key] = _compile(_fresh_code(make_fixed_pair(fn) if steps_per_call == 2 else fn), settings)
         return entry
 
     entry = compiled_fixed(1)
