@@ -287,25 +287,38 @@ _UNOWNED: Dict[Tuple, CompiledStep] = {}  # funcs that cannot be weakly referenc
 
 @dataclass(frozen=True)
 class CacheSlot:
-    """Where the compiled functions of one func live and how they call it.
+    """Where the compiled functions of one func live, and how they call it.
 
     ``table``: the weak table of func's owner (func, or a bound method's ``__self__``), or
     ``_UNOWNED``; ``inner``: the bound method's function (``None`` for a plain func), part
     of the key; ``prefix``: put in front of the key (``(id(func),)`` for an unowned func,
-    the structure for a structured state); ``func``: func as the traced functions call it,
-    holding no strong reference to the owner."""
+    the structure for a structured state). :meth:`traced_func` is built only when a new
+    function is compiled: a cached solve pays for no wrapper."""
 
     table: Dict[Tuple, "CompiledStep"]
     inner: Any
     prefix: Tuple
-    func: Callable
+    owner: Any  # func, or a bound method's __self__
+    structure: Any = None  # a structured state's Structure (the wrapper is rebuilt around owner)
+    weak: bool = True  # False: owner cannot be weakly referenced (_UNOWNED holds it anyway)
+
+    def traced_func(self) -> Callable:
+        """func as the traced functions call it, holding no strong reference to the owner:
+        through a weak reference (:func:`_weak_call`), since a value that refers to its
+        own key keeps a WeakKeyDictionary entry alive forever."""
+        if self.weak:
+            call = _weak_call(self.owner, self.inner)
+        else:
+            call = self.owner if self.inner is None else types.MethodType(self.inner, self.owner)
+        return call if self.structure is None else StructuredFunc(call, self.structure)
 
 
 def _weak_call(owner: Any, inner: Any) -> Callable:
     """``owner(*args)`` (or ``inner(owner, *args)`` for a bound method) through a weak
-    reference to ``owner``. Dynamo traces the dereference (its ``WeakRefVariable``: the
-    referent is guarded and its parameters are graph inputs, as for a module in a closure),
-    so the compiled graph is the same; the host holds func for as long as a solve runs."""
+    reference to ``owner``. Dynamo traces the dereference (its ``WeakRefVariable``,
+    torch/_dynamo/variables/misc.py at torch 2.13.0: the referent is guarded and its
+    parameters are graph inputs, as for a module in a closure), so the compiled graph is
+    the same; the host holds func for as long as a solve runs."""
     ref = weakref.ref(owner)
     if inner is None:
         def call(*args):
@@ -330,12 +343,9 @@ def _cache_slot(func: Callable) -> CacheSlot:
         prefix, func = (StructuredFunc, structure), func.base_func
     owner, inner = (func.__self__, func.__func__) if isinstance(func, types.MethodType) else (func, None)
     try:
-        table = _CACHE.setdefault(owner, {})
+        return CacheSlot(_CACHE.setdefault(owner, {}), inner, prefix, owner, structure)
     except TypeError:
-        table, prefix, call = _UNOWNED, (id(func),) + prefix, func
-    else:
-        call = _weak_call(owner, inner)
-    return CacheSlot(table, inner, prefix, call if structure is None else StructuredFunc(call, structure))
+        return CacheSlot(_UNOWNED, inner, (id(func),) + prefix, owner, structure, weak=False)
 
 
 def _call(entry: CompiledStep, *args, warn: bool = True):
@@ -445,7 +455,7 @@ def compiled_step(tab: ButcherTableau, func: Callable, opts: SolverOptions, y: t
     entry = slot.table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = make_step(tab, slot.func, ctl, opts.max_step, outputs=outputs)
+        fn = make_step(tab, slot.traced_func(), ctl, opts.max_step, outputs=outputs)
         entry = slot.table[key] = _compile(_fresh_code(make_pair(fn) if trials == 2 else fn), settings)
     return entry
 
@@ -711,21 +721,22 @@ def _integrate_adjoint(kind: str, make_aug: Callable, rhs, tab: ButcherTableau, 
                        blocks: Sequence[Tuple[int, int]], ratio: Callable, record: Record, table: Tuple = (),
                        f64_times: bool = False) -> Optional[List[torch.Tensor]]:
     """One save interval of a continuous adjoint's backward solve on the compiled adaptive
-    step of ``make_aug(func)`` (cached under ``kind``; func as :class:`CacheSlot` calls it) with the mixed ``ratio``: the eager
-    solve's error norm and controller, so the same steps. ``table``: tensors passed before
+    step of ``make_aug(func)`` (cached under ``kind``; func as :meth:`CacheSlot.traced_func`
+    gives it) with the mixed ``ratio``: the eager solve's error norm and controller, so the
+    same steps. ``table``: tensors passed before
     the parameters (graph inputs; their shapes are in the key). None (with a
     :class:`CompileFallbackWarning`) when func cannot be captured."""
     settings = compile_settings(opts.compile, s0.device)
     func, ps = rhs.func, rhs.params
     slot = _cache_slot(func)
-    key = slot.prefix + (kind, tab, slot.inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype, s0.device,
-                    tuple((tuple(x.shape), x.dtype) for x in table),
-                    tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
-                    settings_key(settings))
+    key = slot.prefix + (kind, tab, slot.inner, tuple(rhs.shape), tuple(tuple(p.shape) for p in ps), s0.dtype,
+                         s0.device, tuple((tuple(x.shape), x.dtype) for x in table),
+                         tuple(blocks), rtol, atol, opts.safety, opts.ifactor, opts.dfactor, opts.max_step,
+                         settings_key(settings))
     entry = slot.table.get(key)
     if entry is None:
         ctl = PIController.for_method(tab.error_order, opts)
-        fn = _fresh_code(make_step(tab, make_aug(slot.func), ctl, opts.max_step, ratio, f64_times))
+        fn = _fresh_code(make_step(tab, make_aug(slot.traced_func()), ctl, opts.max_step, ratio, f64_times))
         entry = slot.table[key] = _compile(fn, settings)
     with _tracing_autograd():
         return integrate_compiled(rhs, tab, [t_from, t_to], s0, f0, rtol, atol, opts, Counters(), record,
@@ -828,12 +839,12 @@ def compiled_panel(func: Callable, shape: Tuple[int, ...], adj_tab: ButcherTable
     """The cached :class:`CompiledPanel` (keyed as :func:`compiled_step`, plus the table's shapes)."""
     settings = compile_settings(opts.compile, a.device)
     slot = _cache_slot(func)
-    key = slot.prefix + ("quadrature_panel", adj_tab, slot.inner, tuple(shape), tuple(tuple(p.shape) for p in ps), a.dtype,
-                    a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
-                    settings_key(settings))
+    key = slot.prefix + ("quadrature_panel", adj_tab, slot.inner, tuple(shape), tuple(tuple(p.shape) for p in ps),
+                         a.dtype, a.device, tuple(nodes), tuple((tuple(x.shape), x.dtype) for x in table.tensors()),
+                         settings_key(settings))
     entry = slot.table.get(key)
     if entry is None:
-        fn = _fresh_code(make_quadrature_panel(slot.func, tuple(shape), adj_tab, nodes, weights))
+        fn = _fresh_code(make_quadrature_panel(slot.traced_func(), tuple(shape), adj_tab, nodes, weights))
         entry = slot.table[key] = _compile(fn, settings)
     return CompiledPanel(entry, adj_tab.dense is None, table)
 
@@ -982,24 +993,24 @@ def compiled_replay(tab: ButcherTableau, func: Callable, opts: SolverOptions, y:
     that table has a continuous extension), keyed as :func:`compiled_step`."""
     settings = compile_settings(opts.compile, y.device)
     slot = _cache_slot(func)
-    table, prefix, func = slot.table, slot.prefix, slot.func
+    table, prefix = slot.table, slot.prefix
     rest = (tab, slot.inner, tuple(y.shape), y.dtype, y.device, settings_key(settings))
     key = prefix + ("replay",) + rest
     entry = table.get(key)
     if entry is None:
-        fn = _fresh_code(make_replay(tab, func))
+        fn = _fresh_code(make_replay(tab, slot.traced_func()))
         entry = table[key] = _compile(fn, settings)
     vkey = prefix + ("replay_vjp",) + rest
     vjp_entry = table.get(vkey)
     if vjp_entry is None:
-        fn = _fresh_code(make_replay_vjp(tab, func))
+        fn = _fresh_code(make_replay_vjp(tab, slot.traced_func()))
         vjp_entry = table[vkey] = _compile(fn, settings)
     dense_entry = None
     if full_tab is not None and full_tab.dense is not None:
         dkey = prefix + ("replay_vjp_dense", full_tab) + rest[1:]
         dense_entry = table.get(dkey)
         if dense_entry is None:
-            fn = _fresh_code(make_replay_vjp(full_tab, func, len(full_tab.dense)))
+            fn = _fresh_code(make_replay_vjp(full_tab, slot.traced_func(), len(full_tab.dense)))
             dense_entry = table[dkey] = _compile(fn, settings)
     return CompiledReplay(entry, y.dtype, y.device, tab.stages, vjp_entry, dense_entry,
                           full_tab if dense_entry is not None else None)
@@ -1079,7 +1090,7 @@ def integrate_fixed_compiled(rhs: CountingRHS, tab: ButcherTableau, t_save: Sequ
                              settings_key(settings), steps_per_call)
         entry = slot.table.get(key)
         if entry is None:
-            fn = make_fixed_step(tab, slot.func)
+            fn = make_fixed_step(tab, slot.traced_func())
             entry = slot.table[key] = _compile(_fresh_code(make_fixed_pair(fn) if steps_per_call == 2 else fn), settings)
         return entry
 
